@@ -1,0 +1,3 @@
+from maskmatch.cli import main
+
+raise SystemExit(main())

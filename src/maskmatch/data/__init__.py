@@ -1,0 +1,1 @@
+"""Everything between CROHME files and a training batch."""

@@ -32,6 +32,7 @@ class Item:
 @dataclass(frozen=True)
 class Split:
     name: str
+    folder: Path
     layout: str  # "inkml" or "offline"
     items: list[Item]
     problems: list[tuple[str, str]]  # (file, reason) found while listing, e.g. a caption without image
@@ -104,11 +105,11 @@ def _inkml_split(folder: Path, files: list[Path]) -> Split:
             # Two files of one name in different subfolders: keep both, distinguish the second.
             name = "_".join(path.relative_to(folder).with_suffix("").parts)
             if name in seen:
-                problems.append((str(path), f"duplicate name {name!r}"))
+                problems.append((str(path.relative_to(folder)), f"duplicate name {name!r}"))
                 continue
         seen[name] = path
         items.append(Item(name=name, path=path))
-    return Split(folder.name, "inkml", items, problems)
+    return Split(folder.name, folder, "inkml", items, problems)
 
 
 def _offline_split(folder: Path) -> Split:
@@ -134,4 +135,4 @@ def _offline_split(folder: Path) -> Split:
         else:
             seen.add(name)
             items.append(Item(name=name, path=images[name], caption=caption.strip()))
-    return Split(folder.name, "offline", items, problems)
+    return Split(folder.name, folder, "offline", items, problems)

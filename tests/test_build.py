@@ -1,0 +1,108 @@
+"""`maskmatch data build` end to end: real CROHME files, broken and hostile ones, every source form."""
+
+import json
+import shutil
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import read_members
+from maskmatch.cli import main
+from maskmatch.data.build import build
+from maskmatch.data.cache import Cache
+
+TRAIN = ["train/MfrDB/MfrDB3088.inkml", "train/MfrDB/MfrDB0104.inkml", "train/KAIST/KME1G3_0_sub_10.inkml",
+         "train/HAMEX/formulaire001-equation001.inkml", "train/expressmatch/101_Frank.inkml"]
+TEST = ["2016/UN_101_em_0.inkml", "2016/UN_101_em_1.inkml", "2014/18_em_0.inkml"]
+BOMB = b'<?xml version="1.0"?><!DOCTYPE ink [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><ink>&b;</ink>'
+
+
+@pytest.fixture(scope="module")
+def source(crohme_archive, tmp_path_factory):
+    """A small split folder of real files, nested at several depths, plus hostile ones."""
+    root = tmp_path_factory.mktemp("source") / "crohme"
+    for name, data in read_members(crohme_archive, TRAIN + TEST).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "train" / "bomb.inkml").write_bytes(BOMB)
+    (root / "train" / "nan.inkml").write_bytes(b"<ink><trace>nan 1, 2 inf</trace></ink>")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built")
+    return out, build(source, out, workers=2, progress=False)
+
+
+def captions(split_dir):
+    lines = (split_dir / "caption.txt").read_text("utf-8").splitlines()
+    return dict(line.split("\t") for line in lines)
+
+
+def test_bad_files_are_listed_and_the_rest_built(built):
+    out, summaries = built
+    train = summaries["train"]
+    assert (train.files, train.built) == (7, 4)
+    reasons = {s["file"]: s["reason"] for s in train.skipped}
+    assert reasons["train/MfrDB/MfrDB3088.inkml"] == "empty file"
+    assert "forbidden XML" in reasons["train/bomb.inkml"] and "no ink" in reasons["train/nan.inkml"]
+    assert summaries["2016"].built == 2 and summaries["2014"].built == 1
+    written = json.loads((out / "summary.json").read_text())
+    assert written["train"]["skipped"] == train.skipped
+
+
+def test_outputs_agree_with_each_other(built):
+    out, _ = built
+    for split in ("train", "2014", "2016"):
+        caps = captions(out / split)
+        cache = Cache.open(out / split)
+        assert sorted(cache.names) == sorted(caps)  # no OOV among these files
+        for n, name in enumerate(cache.names):
+            image, ids = cache[n]
+            np.testing.assert_array_equal(np.asarray(Image.open(out / split / "img" / f"{name}.png")), image)
+            assert " ".join(cache.vocabulary[i] for i in ids) == caps[name]
+    assert captions(out / "2016")["UN_101_em_0"] == "x ^ { 2 M } + x ^ { M - 1 }"
+
+
+def test_offline_layout_and_archives_build_the_same_captions(built, source, tmp_path):
+    out, _ = built
+    offline = tmp_path / "offline"
+    for split in ("train", "2016"):
+        shutil.copytree(out / split, offline / split, ignore=shutil.ignore_patterns("cache"))
+    with open(offline / "2016" / "caption.txt", "a") as f:
+        f.write("ghost\tx + 1\n")
+    rebuilt = build(offline, tmp_path / "rebuilt", workers=1, progress=False)
+    assert rebuilt["train"].layout == "offline" and not rebuilt["train"].skipped
+    assert rebuilt["2016"].skipped == [{"file": "2016/caption.txt:3", "reason": "no image img/ghost.png|bmp|jpg"}]
+    for split in ("train", "2016"):
+        assert captions(tmp_path / "rebuilt" / split) == captions(out / split)
+
+    with tarfile.open(tmp_path / "src.tar.gz", "w:gz") as tar:
+        tar.add(source, arcname="crohme")
+    with zipfile.ZipFile(tmp_path / "src.zip", "w") as zf:
+        for path in source.rglob("*"):
+            zf.write(path, path.relative_to(source.parent))
+    for archive in ("src.tar.gz", "src.zip"):
+        build(tmp_path / archive, tmp_path / archive.replace(".", "_"), splits=["2016"], workers=1, progress=False)
+        assert captions(tmp_path / archive.replace(".", "_") / "2016") == captions(out / "2016")
+
+
+def test_cli_reports_user_mistakes_in_one_line(tmp_path, capsys):
+    assert main(["data", "build", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "build", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no split folders" in capsys.readouterr().err
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert main(["data", "build", str(tmp_path / "junk.zip"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot unpack" in capsys.readouterr().err
+
+
+def test_cli_rejects_unknown_split(source, tmp_path, capsys):
+    assert main(["data", "build", str(source), "--out", str(tmp_path), "--splits", "2099", "--quiet"]) == 2
+    assert "2099" in capsys.readouterr().err

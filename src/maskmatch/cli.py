@@ -1,62 +1,27 @@
-"""The `maskmatch` command. Users' mistakes end as one line on stderr and exit code 2, never a traceback."""
+"""The `maskmatch` command. Users' mistakes end as one line on stderr and exit code 2, never a traceback.
+
+Each command lives in its own module with a `register(commands)` function; heavy imports happen
+inside the command, so `maskmatch --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 
 from maskmatch.errors import UserError
 
-
-def _data_build(args: argparse.Namespace) -> int:
-    from maskmatch.data.build import build, format_summary
-
-    try:
-        summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, progress=not args.quiet)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    print(format_summary(summaries))
-    print(f"wrote {Path(args.out) / 'summary.json'}")
-    return 0
-
-
-def _data_sheet(args: argparse.Namespace) -> int:
-    from maskmatch.data.sheet import draw_contact_sheet
-
-    draw_contact_sheet(Path(args.split_dir), Path(args.out), n=args.n, seed=args.seed)
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+COMMAND_MODULES = [
+    "maskmatch.data.commands",  # data build, data sheet
+]
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskmatch", description="Handwritten mathematics to LaTeX.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    data = commands.add_parser("data", help="build and inspect data sets")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-
-    build = data_commands.add_parser("build", help="InkML or offline CROHME -> PNG + captions + training cache")
-    build.add_argument("source", help="archive (.tar.gz, .zip) or folder whose top-level folders are splits")
-    build.add_argument("--out", required=True, help="output folder; one subfolder per split")
-    build.add_argument("--splits", nargs="+", metavar="SPLIT", help="build only these splits (default: all)")
-    build.add_argument("--workers", type=_positive_int, help="processes (default: all cores)")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
-    build.set_defaults(run=_data_build)
-
-    sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")
-    sheet.add_argument("split_dir", help="a built split folder (caption.txt + img/)")
-    sheet.add_argument("--out", required=True, help="PNG to write")
-    sheet.add_argument("-n", type=_positive_int, default=24, help="number of samples (default 24)")
-    sheet.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
-    sheet.set_defaults(run=_data_sheet)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""The recognizer's hyper-parameters: DenseNet-B encoder and transformer decoder (CoMER/BTTR sizes)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+DENSE_BLOCKS = 3  # DenseNet-B has three dense blocks; with the stem this fixes the stride at 16
+STRIDE = 16  # conv stride 2, max-pool 2, two transitions' average-pool 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    in_channels: int = 1  # image channels: grayscale, ink bright on a 0 background (data/batching.py)
+    growth_rate: int = 24  # channels each bottleneck layer adds (CoMER/BTTR DenseNet-B)
+    block_layers: int = 16  # bottleneck layers in each of the three dense blocks (CoMER/BTTR)
+    reduction: float = 0.5  # transitions keep floor(channels * reduction) channels (CoMER/BTTR)
+    encoder_dropout: float = 0.2  # dropout after every DenseNet conv (CoMER use_dropout=True, p=0.2)
+    d_model: int = 256  # width of projected features and of the decoder (CoMER/BTTR)
+    nhead: int = 8  # attention heads in the decoder (CoMER/BTTR)
+    num_decoder_layers: int = 3  # transformer decoder layers (CoMER/BTTR)
+    dim_feedforward: int = 1024  # hidden width of each decoder layer's FFN (CoMER/BTTR)
+    dropout: float = 0.3  # decoder dropout: attention weights, sublayer outputs, FFN (CoMER/BTTR)
+    norm_first: bool = False  # pre-norm decoder layers; False is post-norm as nn.TransformerDecoderLayer (CoMER/BTTR)
+    vocab_size: int = 113  # 110 CROHME symbols plus pad, sos, eos (data/vocab.py)
+    max_len: int = 200  # decoding steps at most, eos included (CoMER's max_len=200)
+    pos_temperature: float = 10000.0  # base of the sinusoidal positions (Vaswani et al.; CoMER's ImgPosEnc/WordPosEnc)
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": (int, float), "bool": bool}[f.type]
+            if not isinstance(value, kind) or (f.type == "int" and isinstance(value, bool)):
+                raise TypeError(f"ModelConfig.{f.name} must be {f.type}, got {value!r}")
+        if self.d_model % 4:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of 4 (2-D sin/cos positions)")
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model {self.d_model} is not divisible by nhead {self.nhead}")
+        if not 0 < self.reduction <= 1:
+            raise ValueError(f"reduction {self.reduction} outside (0, 1]")
+        if not (0 <= self.dropout < 1 and 0 <= self.encoder_dropout < 1):
+            raise ValueError("dropout probabilities must lie in [0, 1)")
+        if min(self.in_channels, self.growth_rate, self.block_layers, self.num_decoder_layers,
+               self.dim_feedforward, self.vocab_size, self.max_len) < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+
+    @property
+    def stride(self) -> int:
+        return STRIDE
+
+    @property
+    def encoder_channels(self) -> int:
+        """Channels of the DenseNet's output: 684 for the defaults (48 -> 432 -> 216 -> 600 -> 300 -> 684)."""
+        channels = 2 * self.growth_rate
+        for block in range(DENSE_BLOCKS):
+            channels += self.block_layers * self.growth_rate
+            if block < DENSE_BLOCKS - 1:
+                channels = int(math.floor(channels * self.reduction))
+        return channels
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A small configuration for CPU tests: same architecture, narrow and shallow."""
+        small = dict(growth_rate=8, block_layers=2, encoder_dropout=0.0, d_model=64, nhead=4,
+                     num_decoder_layers=1, dim_feedforward=128, dropout=0.0, max_len=32)
+        return replace(cls(), **{**small, **overrides})

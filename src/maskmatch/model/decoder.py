@@ -1,0 +1,162 @@
+"""Transformer decoder over the flattened feature map, trained left-to-right and right-to-left (BTTR/CoMER).
+
+The direction is told by the first input token only: SOS starts a left-to-right sequence, EOS a
+right-to-left one. Layers cache their self-attention keys and values, so decoding one token costs one
+step, and the memory's cross-attention keys and values are computed once per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskmatch.data.vocab import EOS, PAD, SOS
+from maskmatch.model.config import ModelConfig
+from maskmatch.model.encoder import sinusoid
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values (N, nhead, S, head_dim)
+
+
+def bidirectional_targets(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, L) PAD-padded, lengths (B,) -> inputs (2B, L+1), targets (2B, L+1), PAD elsewhere.
+
+    Rows 0..B-1, left to right: input [SOS, t1..tn], target [t1..tn, EOS].
+    Rows B..2B-1, right to left: input [EOS, tn..t1], target [tn..t1, SOS] (BTTR's convention).
+    """
+    B, L = tokens.shape
+    lengths = lengths.to(tokens.device)
+    inside = torch.arange(L, device=tokens.device) < lengths[:, None]  # (B, L)
+    forward = tokens.masked_fill(~inside, PAD)  # (B, L)
+    flip = (lengths[:, None] - 1 - torch.arange(L, device=tokens.device)).clamp_min(0)  # (B, L)
+    backward = tokens.gather(1, flip).masked_fill(~inside, PAD)  # (B, L)
+    pad = torch.full((B, 1), PAD, dtype=tokens.dtype, device=tokens.device)
+    rows = torch.arange(B, device=tokens.device)
+    l2r_out, r2l_out = torch.cat((forward, pad), 1), torch.cat((backward, pad), 1)  # (B, L+1)
+    l2r_out[rows, lengths], r2l_out[rows, lengths] = EOS, SOS
+    l2r_in = torch.cat((torch.full_like(pad, SOS), forward), 1)  # (B, L+1)
+    r2l_in = torch.cat((torch.full_like(pad, EOS), backward), 1)  # (B, L+1)
+    return torch.cat((l2r_in, r2l_in)), torch.cat((l2r_out, r2l_out))
+
+
+@dataclass
+class DecoderCache:
+    memory_kv: list[KV]  # per layer: cross-attention keys and values of the memory (N, nhead, S, hd)
+    memory_mask: torch.Tensor  # (N, 1, 1, S) bool, True on cells that may be attended
+    self_kv: list[KV | None]  # per layer: self-attention keys and values of tokens so far (N, nhead, t, hd)
+    length: int = 0  # tokens decoded so far: the position of the next one
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i takes the token history of row rows[i] (N,). The memory is not moved: every row must keep an
+        image identical to its source row's (true in beam search, where beams of one image swap)."""
+        self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
+
+    def repeat_interleave(self, k: int) -> "DecoderCache":
+        """Each row repeated k times in place (row b becomes rows b*k .. b*k+k-1)."""
+        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
+        return DecoderCache([(rep(a), rep(b)) for a, b in self.memory_kv], rep(self.memory_mask),
+                            [None if kv is None else (rep(kv[0]), rep(kv[1])) for kv in self.self_kv], self.length)
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose keys and values are projected separately, so they can be cached."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.dropout = nhead, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def keys_values(self, x: torch.Tensor) -> KV:
+        N, S, d = x.shape
+        k, v = self.kv(x).view(N, S, 2, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)  # 2 x (N, nh, S, hd)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        N, T, d = x.shape
+        q = self.q(x).view(N, T, self.nhead, d // self.nhead).transpose(1, 2)  # (N, nh, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (N, nh, T, hd)
+        return self.out(y.transpose(1, 2).reshape(N, T, d))  # (N, T, d)
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention, cross-attention, FFN; post-norm like nn.TransformerDecoderLayer, or pre-norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, p = config.d_model, config.dropout
+        self.self_attn = Attention(d, config.nhead, p)
+        self.cross_attn = Attention(d, config.nhead, p)
+        self.ffn = nn.Sequential(nn.Linear(d, config.dim_feedforward), nn.ReLU(), nn.Dropout(p),
+                                 nn.Linear(config.dim_feedforward, d))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(p)
+        self.norm_first = config.norm_first
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        return x + self.drop(y) if self.norm_first else norm(x + self.drop(y))
+
+    def forward(self, x: torch.Tensor, memory_kv: KV, memory_mask: torch.Tensor,
+                past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """x (N, T, d) at positions t..t+T-1, past keys/values (N, nh, t, hd) or None (t = 0)
+        -> x (N, T, d), self-attention keys/values (N, nh, t+T, hd)."""
+        T = x.shape[1]
+        h = self.norm1(x) if self.norm_first else x
+        k, v = self.self_attn.keys_values(h)  # (N, nh, T, hd)
+        mask, causal = None, past is None and T > 1
+        if past is not None:
+            k, v = torch.cat((past[0], k), 2), torch.cat((past[1], v), 2)  # (N, nh, t+T, hd)
+            if T > 1:
+                t = past[0].shape[2]
+                mask = torch.ones(T, t + T, dtype=torch.bool, device=x.device).tril(t)  # (T, t+T)
+        x = self._residual(x, self.self_attn(h, k, v, attn_mask=mask, causal=causal), self.norm1)
+        h = self.norm2(x) if self.norm_first else x
+        x = self._residual(x, self.cross_attn(h, *memory_kv, attn_mask=memory_mask), self.norm2)
+        h = self.norm3(x) if self.norm_first else x
+        x = self._residual(x, self.ffn(h), self.norm3)
+        return x, (k, v)
+
+
+class Decoder(nn.Module):
+    """Token embedding (+ LayerNorm, CoMER) + 1-D sinusoidal positions, decoder layers, linear head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_norm = nn.LayerNorm(config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+
+    def init_cache(self, features: torch.Tensor, feature_mask: torch.Tensor) -> DecoderCache:
+        """features (N, h, w, d), feature_mask (N, h, w) True on padding -> an empty cache for N sequences."""
+        memory = features.flatten(1, 2)  # (N, S, d)
+        memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.layers]
+        attend = ~feature_mask.flatten(1)[:, None, None, :]  # (N, 1, 1, S)
+        return DecoderCache(memory_kv, attend, [None] * len(self.layers))
+
+    def decode(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """tokens (N, T) following the cache's tokens -> logits (N, T, V); the cache takes them in."""
+        T = tokens.shape[1]
+        positions = torch.arange(cache.length, cache.length + T, device=tokens.device)  # (T,)
+        pos = sinusoid(positions, self.config.d_model, self.config.pos_temperature)  # (T, d)
+        x = self.embed_norm(self.embed(tokens)) + pos  # (N, T, d)
+        for i, layer in enumerate(self.layers):
+            x, cache.self_kv[i] = layer(x, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i])
+        cache.length += T
+        return self.head(self.final_norm(x))  # (N, T, V)
+
+    def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """tokens (N,) -> logits (N, V) of the next token; the cache takes the tokens in."""
+        return self.decode(tokens[:, None], cache)[:, 0]
+
+    def forward(self, features: torch.Tensor, feature_mask: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: features (N, h, w, d), feature_mask (N, h, w), tokens_in (N, L) -> logits (N, L, V).
+        Rows are independent: duplicate features for the l2r and r2l halves of `bidirectional_targets`."""
+        return self.decode(tokens_in, self.init_cache(features, feature_mask))

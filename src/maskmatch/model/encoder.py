@@ -1,0 +1,136 @@
+"""DenseNet-B encoder (CoMER/BTTR) with a padding mask carried through, then 1x1 projection and 2-D positions.
+
+Padding rule: a feature cell is padding iff all of its 16x16 source pixels are (computed as a cascade of
+2x2 "any valid" pools, one per halving). For the bottom/right padding of `collate` this equals CoMER's
+top-left rule `mask[:, 0::16, 0::16]`, and the map has ceil(H/16) x ceil(W/16) cells.
+
+Padding independence: features are zeroed on padding before every spatial operation (3x3 convs, pools),
+and the average pools divide by the number of valid pixels, so in eval mode the valid cells of an image
+come out the same, up to float noise, whether it is alone or padded inside a larger batch. (In train mode
+BatchNorm's batch statistics still see the padding, as in CoMER.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskmatch.model.config import DENSE_BLOCKS, ModelConfig
+
+
+def sinusoid(positions: torch.Tensor, dim: int, temperature: float) -> torch.Tensor:
+    """Interleaved sin/cos of (...) positions -> (..., dim); pair i has frequency temperature^(-2i/dim)."""
+    freq = temperature ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)  # (dim/2,)
+    angles = positions.float()[..., None] * freq  # (..., dim/2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., dim)
+
+
+def image_positions(mask: torch.Tensor, dim: int, temperature: float) -> torch.Tensor:
+    """CoMER's ImgPosEnc (normalize=True, scale=2 pi): (B, h, w) bool padding mask -> (B, h, w, dim).
+
+    Coordinates count valid cells (1..n) and are divided by the valid extent of their row or column,
+    so they depend only on the unpadded region; the first dim/2 channels encode x, the rest y.
+    """
+    valid = (~mask).float()  # (B, h, w)
+    y = valid.cumsum(1)  # (B, h, w)
+    x = valid.cumsum(2)  # (B, h, w)
+    y = y / (y[:, -1:, :] + 1e-6) * 2 * math.pi
+    x = x / (x[:, :, -1:] + 1e-6) * 2 * math.pi
+    return torch.cat((sinusoid(x, dim // 2, temperature), sinusoid(y, dim // 2, temperature)), dim=-1)
+
+
+def halve_valid(valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) 1.0 on valid pixels -> (B, 1, ceil(h/2), ceil(w/2)): 1.0 where any source pixel is valid."""
+    return F.max_pool2d(valid, 2, ceil_mode=True)
+
+
+class Bottleneck(nn.Module):
+    """CoMER's bottleneck: conv1x1 (4 growth) BN ReLU, conv3x3 (growth) BN ReLU, concatenated to the input."""
+
+    def __init__(self, in_channels: int, growth: int, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 4 * growth, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(growth)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        out = self.drop(F.relu(self.bn1(self.conv1(x))))  # (B, 4g, h, w)
+        out = self.drop(F.relu(self.bn2(self.conv2(out * valid))))  # (B, g, h, w); padding reads as zeros
+        return torch.cat((x, out), dim=1)  # (B, C + g, h, w)
+
+
+class Transition(nn.Module):
+    """CoMER's transition: conv1x1 BN ReLU, then a 2x2 average pool (here over valid pixels only)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.drop(F.relu(self.bn(self.conv(x))))  # (B, C', h, w)
+        # the pools' divisors cancel, leaving the mean over valid pixels of each (possibly partial) window
+        count = F.avg_pool2d(valid, 2, ceil_mode=True)  # (B, 1, h/2, w/2)
+        out = F.avg_pool2d(out * valid, 2, ceil_mode=True) / count.clamp_min(1e-6)  # (B, C', h/2, w/2)
+        return out, halve_valid(valid)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-B of CoMER/BTTR: (B, 1, H, W) -> (B, 684, ceil(H/16), ceil(W/16)) for the defaults."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        g, n, p = config.growth_rate, config.block_layers, config.encoder_dropout
+        channels = 2 * g
+        self.conv1 = nn.Conv2d(config.in_channels, channels, kernel_size=7, stride=2, padding=3, bias=False)
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
+        for block in range(DENSE_BLOCKS):
+            self.blocks.append(nn.ModuleList(Bottleneck(channels + i * g, g, p) for i in range(n)))
+            channels += n * g
+            if block < DENSE_BLOCKS - 1:
+                out = int(math.floor(channels * config.reduction))
+                self.transitions.append(Transition(channels, out, p))
+                channels = out
+        self.post_norm = nn.BatchNorm2d(channels)
+        self.out_channels = channels
+        assert channels == config.encoder_channels
+
+    def forward(self, images: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W), valid (B, 1, H, W) 1.0 on image -> features (B, C', h, w), valid (B, 1, h, w)."""
+        x = F.relu(self.norm1(self.conv1(images * valid)))  # (B, 2g, H/2, W/2)
+        valid = halve_valid(valid)
+        x = F.max_pool2d(x * valid, 2, ceil_mode=True)  # (B, 2g, H/4, W/4); x >= 0, so zeros never win
+        valid = halve_valid(valid)
+        for i, block in enumerate(self.blocks):
+            for layer in block:
+                x = layer(x, valid)  # (B, C + g, h, w)
+            if i < len(self.transitions):
+                x, valid = self.transitions[i](x, valid)  # (B, C', h/2, w/2)
+        return self.post_norm(x), valid  # (B, C, H/16, W/16), (B, 1, H/16, W/16)
+
+
+class Encoder(nn.Module):
+    """DenseNet-B, 1x1 projection to d_model, 2-D image positions, LayerNorm (CoMER's order); padding zeroed."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.densenet = DenseNet(config)
+        self.proj = nn.Conv2d(self.densenet.out_channels, config.d_model, kernel_size=1)
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 1, H, W), mask (B, H, W) True on padding -> features (B, h, w, d), feature_mask (B, h, w)."""
+        valid = (~mask)[:, None].to(images.dtype)  # (B, 1, H, W)
+        x, valid = self.densenet(images, valid)  # (B, C, h, w), (B, 1, h, w)
+        x = self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, d)
+        feature_mask = valid[:, 0] == 0  # (B, h, w)
+        x = self.norm(x + image_positions(feature_mask, self.config.d_model, self.config.pos_temperature))
+        return x * valid[:, 0, :, :, None], feature_mask  # (B, h, w, d), (B, h, w)

@@ -1,0 +1,185 @@
+"""The recognizer: shapes and stride, bidirectional targets, KV cache, save/load, and overfitting one batch."""
+
+import io
+
+import pytest
+import torch
+
+from maskmatch.data.vocab import EOS, PAD, SOS
+from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets, search
+from maskmatch.model.config import STRIDE
+from maskmatch.model.encoder import Encoder
+
+SEQUENCES = [[5, 9, 14], [20, 5, 33, 9], [41, 14, 14, 52, 20], [60, 33, 5, 71, 9, 41]]  # token ids, lengths 3-6
+SIZES = [(32, 40), (32, 52), (40, 60), (32, 64)]  # (H, W) of each image
+
+
+def glyph(token: int) -> torch.Tensor:
+    """A 12x8 'symbol': a frame plus a 3x2 grid of blocks set by the token's low 6 bits."""
+    g = torch.zeros(12, 8)
+    g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 1.0
+    for bit in range(6):
+        if token >> bit & 1:
+            r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
+            g[r : r + 3, c : c + 3] = 1.0
+    return g
+
+
+def synthetic_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """images (4, 1, 40, 64), mask (4, 40, 64), tokens (4, 6), lengths (4,): glyphs written left to right."""
+    H, W, L = max(h for h, _ in SIZES), max(w for _, w in SIZES), max(map(len, SEQUENCES))
+    images, mask = torch.zeros(len(SIZES), 1, H, W), torch.ones(len(SIZES), H, W, dtype=torch.bool)
+    tokens = torch.full((len(SIZES), L), PAD)
+    for b, ((h, w), seq) in enumerate(zip(SIZES, SEQUENCES)):
+        mask[b, :h, :w] = False
+        top = (h - 12) // 2 + b % 2  # vertical jitter
+        for i, t in enumerate(seq):
+            images[b, 0, top : top + 12, 2 + 10 * i : 10 + 10 * i] = glyph(t)
+        tokens[b, : len(seq)] = torch.tensor(seq)
+    return images, mask, tokens, torch.tensor([len(s) for s in SEQUENCES])
+
+
+@pytest.fixture(scope="module")
+def trained() -> HMERModel:
+    """A tiny model trained on the synthetic batch until greedy and beam search read it exactly."""
+    torch.manual_seed(0)
+    model = HMERModel(ModelConfig.tiny())
+    images, mask, tokens, lengths = synthetic_batch()
+    inputs, targets = bidirectional_targets(tokens, lengths)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(1, 401):
+        model.train()
+        logits = model(images, mask, inputs)  # (8, 7, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0:
+            model.eval()
+            decoded = [model.greedy(images, mask), model.beam_search(images, mask, beam_size=5),
+                       model.beam_search(images, mask, beam_size=5, rescore=False)]
+            if all([h.ids for h in hyps] == SEQUENCES for hyps in decoded):
+                return model
+    pytest.fail(f"tiny model did not overfit the batch in 400 steps (last loss {loss.item():.4f})")
+
+
+def test_encoder_stride_shapes_and_mask():
+    encoder = Encoder(ModelConfig.tiny()).eval()
+    images, mask = torch.rand(2, 1, 33, 70), torch.ones(2, 33, 70, dtype=torch.bool)
+    mask[0], mask[1, :20, :40] = False, False
+    with torch.no_grad():
+        features, feature_mask = encoder(images, mask)
+    assert features.shape == (2, 3, 5, 64)  # ceil(33/16), ceil(70/16)
+    expected = torch.ones(2, 3, 5, dtype=torch.bool)
+    expected[0], expected[1, :2, :3] = False, False  # ceil(20/16), ceil(40/16) valid cells
+    assert torch.equal(feature_mask, expected)
+    assert torch.equal(feature_mask, mask[:, ::STRIDE, ::STRIDE])  # CoMER's top-left rule agrees
+    assert (features[feature_mask] == 0).all()
+
+
+def test_default_config_channels_and_size():
+    config = ModelConfig()
+    encoder = Encoder(config)
+    assert config.encoder_channels == encoder.densenet.out_channels == encoder.proj.in_channels == 684
+    assert encoder.densenet.post_norm.num_features == 684 and encoder.proj.out_channels == 256
+    assert config.stride == 16
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(TypeError):
+        ModelConfig(d_model="256")
+    with pytest.raises(ValueError):
+        ModelConfig(d_model=250, nhead=5)
+
+
+def test_bidirectional_targets_hand_worked():
+    inputs, targets = bidirectional_targets(torch.tensor([[5, 6, 7], [8, 9, PAD]]), torch.tensor([3, 2]))
+    assert inputs.tolist() == [[SOS, 5, 6, 7], [SOS, 8, 9, PAD], [EOS, 7, 6, 5], [EOS, 9, 8, PAD]]
+    assert targets.tolist() == [[5, 6, 7, EOS], [8, 9, EOS, PAD], [7, 6, 5, SOS], [9, 8, SOS, PAD]]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_incremental_decoding_matches_full_forward(norm_first):
+    torch.manual_seed(1)
+    decoder = HMERModel(ModelConfig.tiny(num_decoder_layers=2, norm_first=norm_first)).decoder.eval()
+    features, feature_mask = torch.randn(3, 2, 4, 64), torch.zeros(3, 2, 4, dtype=torch.bool)
+    feature_mask[1, :, 2:] = True
+    tokens = torch.randint(3, 113, (3, 7))
+    with torch.no_grad():
+        full = decoder(features, feature_mask, tokens)  # (3, 7, V)
+        cache = decoder.init_cache(features, feature_mask)
+        for t in range(4):
+            torch.testing.assert_close(decoder.step(tokens[:, t], cache), full[:, t], atol=1e-5, rtol=0)
+        perm = torch.tensor([2, 0, 1])  # swapping rows whose memory differs is fine when memory is moved too
+        cache.reorder(perm)
+        cache.memory_kv = [(k[perm], v[perm]) for k, v in cache.memory_kv]
+        cache.memory_mask = cache.memory_mask[perm]
+        for t in range(4, 7):
+            torch.testing.assert_close(decoder.step(tokens[perm, t], cache), full[perm, t], atol=1e-5, rtol=0)
+
+
+def test_save_then_load_gives_identical_outputs():
+    torch.manual_seed(2)
+    config = ModelConfig.tiny()
+    model = HMERModel(config).eval()
+    images, mask, tokens, lengths = synthetic_batch()
+    inputs, _ = bidirectional_targets(tokens, lengths)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = HMERModel(config)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images, mask, inputs), fresh(images, mask, inputs))
+
+
+def test_overfits_one_batch_greedy_and_beam(trained):
+    images, mask, _, _ = synthetic_batch()
+    assert [h.ids for h in trained.greedy(images, mask)] == SEQUENCES
+    assert [h.ids for h in trained.beam_search(images, mask, beam_size=5)] == SEQUENCES
+    assert [h.ids for h in trained.beam_search(images, mask, beam_size=5, rescore=False)] == SEQUENCES
+
+
+def test_beam_size_one_equals_greedy(trained):
+    images, mask, _, _ = synthetic_batch()
+    torch.manual_seed(3)
+    for model in (trained, HMERModel(ModelConfig.tiny(max_len=12)).eval()):  # trained, and random (no EOS)
+        greedy = model.greedy(images, mask)
+        beam = model.beam_search(images, mask, beam_size=1, rescore=False)
+        assert [h.ids for h in beam] == [h.ids for h in greedy]
+        assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], abs=1e-5)
+
+
+def test_decoding_does_not_depend_on_the_batch(trained):
+    images, mask, _, _ = synthetic_batch()
+    with torch.no_grad():
+        batched_features, _ = trained.encoder(images, mask)
+    batched = [h.ids for h in trained.beam_search(images, mask, beam_size=3)]
+    for b, (h, w) in enumerate(SIZES):
+        alone, alone_mask = images[b : b + 1, :, :h, :w], mask[b : b + 1, :h, :w]
+        with torch.no_grad():
+            features, _ = trained.encoder(alone, alone_mask)
+        cells = features.shape[1:3]
+        torch.testing.assert_close(features, batched_features[b : b + 1, : cells[0], : cells[1]], atol=1e-4, rtol=0)
+        assert trained.greedy(alone, alone_mask)[0].ids == SEQUENCES[b]
+        assert trained.beam_search(alone, alone_mask, beam_size=3)[0].ids == batched[b]
+
+
+def test_beam_scores_equal_teacher_forced_log_probs():
+    torch.manual_seed(4)
+    model = HMERModel(ModelConfig.tiny(max_len=16)).eval()
+    with torch.no_grad():
+        model.decoder.head.bias[EOS] += 3.0  # random weights, but hypotheses end at varied lengths
+    images, mask, _, _ = synthetic_batch()
+    with torch.no_grad():
+        features, feature_mask = model.encoder(images, mask)
+    for rescore in (False, True):
+        hyps = model.beam_search(images, mask, beam_size=4, rescore=rescore, length_penalty=0.5)
+        assert all(len(h.ids) < 16 for h in hyps)  # all ended with EOS
+        ids = [h.ids for h in hyps]
+        total = search.sequence_logprob(model.decoder, features, feature_mask, ids, "l2r")
+        if rescore:
+            total = total + search.sequence_logprob(model.decoder, features, feature_mask, ids, "r2l")
+        expected = total / torch.tensor([len(s) + 1.0 for s in ids]) ** 0.5
+        assert [h.score for h in hyps] == pytest.approx(expected.tolist(), abs=1e-4)

@@ -1,3 +1,15 @@
-"""maskmatch: handwritten mathematics to LaTeX (Mask & Match, arXiv 2508.06107)."""
+"""maskmatch: handwritten mathematics to LaTeX (Mask & Match, arXiv 2508.06107).
+
+`from maskmatch import Recognizer` loads torch on first use only, so `import maskmatch` stays light.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Recognizer", "Recognition", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Recognizer", "Recognition"):
+        from maskmatch import recognizer
+
+        return getattr(recognizer, name)
+    raise AttributeError(f"module 'maskmatch' has no attribute {name!r}")

@@ -57,7 +57,7 @@ def list_splits(root: Path) -> list[Split]:
     splits = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if (folder / "caption.txt").is_file():
-            splits.append(_offline_split(folder))
+            splits.append(offline_split(folder))
         else:
             files = sorted(folder.rglob("*.inkml"))
             if files:
@@ -112,7 +112,7 @@ def _inkml_split(folder: Path, files: list[Path]) -> Split:
     return Split(folder.name, folder, "inkml", items, problems)
 
 
-def _offline_split(folder: Path) -> Split:
+def offline_split(folder: Path) -> Split:
     images = {}
     img_dir = folder / "img"
     if img_dir.is_dir():

@@ -1,0 +1,216 @@
+"""`maskmatch recognize` (images, InkML files, folders) and `maskmatch evaluate` (offline-layout splits).
+
+Both are thin shells around `Recognizer`. A bad input is one line on stderr naming the file and the
+reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
+PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
+
+
+def _recognizer(args: argparse.Namespace):
+    import torch
+
+    from maskmatch.recognizer import Recognizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return Recognizer.load(args.model, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _beam(args: argparse.Namespace) -> int:
+    return 1 if args.greedy else args.beam
+
+
+def _decoding(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
+
+
+def _reason(e: Exception) -> str:
+    """An exception as one line; a bug (not a ValueError or OSError) says so."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, (ValueError, OSError)) else f"unexpected {type(e).__name__}: {text}"
+
+
+# ---------------------------------------------------------------- recognize
+
+
+def _inputs(paths: list[str]) -> list[tuple[str, str | None]]:
+    """(path, problem or None) for each file: files as given, folders searched recursively for SUFFIXES."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
+            out += [(str(f), None) for f in found] or [(p, f"no {', '.join(SUFFIXES)} files in this folder")]
+        else:
+            out.append((p, None if path.exists() else "no such file or folder"))
+    return out
+
+
+def _recognize(args: argparse.Namespace) -> int:
+    rec, beam = _recognizer(args), _beam(args)
+    inputs, failed = _inputs(args.paths), 0
+    for at in range(0, len(inputs), args.batch_size):
+        paths, images, spent = [], [], []
+        for path, problem in inputs[at : at + args.batch_size]:
+            start = time.perf_counter()
+            if problem is None:
+                try:
+                    images.append(rec.preprocess(path))
+                except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+                    problem = _reason(e)
+            if problem is not None:
+                print(f"{path}: {problem}", file=sys.stderr)
+                failed += 1
+                continue
+            paths.append(path)
+            spent.append(1000 * (time.perf_counter() - start))
+        for path, r, ms in zip(paths, rec.decode(images, beam), spent):
+            if args.json:
+                record = {"path": path, "latex": r.latex, "score": round(r.score, 4), "ms": round(r.ms + ms, 1)}
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                print(f"{path}\t{r.latex}")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _prenormalized(folder: Path, render) -> bool:
+    """True if the split was built with this RenderConfig (its cache/meta.json says so): img/ is model-ready."""
+    from maskmatch.data.render import RenderConfig
+
+    try:
+        meta = json.loads((folder / "cache" / "meta.json").read_text("utf-8"))
+        return RenderConfig(**meta["render"]) == render
+    except Exception:  # noqa: BLE001 - no cache, an old or odd one: normalize the images instead
+        return False
+
+
+def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict, list[dict]]:
+    """One offline split -> (scores as in the JSON file, per-expression rows). Unreadable images are
+    reported on stderr and count as wrong (empty prediction)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from maskmatch.data.batching import BucketBatchSampler
+    from maskmatch.data.images import load_image
+    from maskmatch.data.render import normalize_bitmap
+    from maskmatch.data.source import offline_split
+    from maskmatch.metrics import canonical, edit_distance, expression_scores
+
+    start = time.perf_counter()
+    if not (folder / "caption.txt").is_file():
+        raise UserError(f"{folder}: not an offline split (no caption.txt)")
+    split = offline_split(folder)
+    for file, reason in split.problems:
+        print(f"{folder / file}: {reason}; not counted", file=sys.stderr)
+    as_is = _prenormalized(folder, rec.render)
+    images = {}  # item index -> normalized uint8 (H, W)
+    for i, item in enumerate(split.items):
+        try:
+            image = load_image(item.path)
+            images[i] = image if as_is else normalize_bitmap(image, rec.render)
+        except Exception as e:  # noqa: BLE001 - counted as wrong, not a crash
+            print(f"{item.path}: {_reason(e)}; counted as wrong", file=sys.stderr)
+    order = list(images)
+    sizes = np.array([images[i].shape for i in order], dtype=np.int64).reshape(-1, 2)  # (N, 2)
+    budget = max(PIXEL_BUDGET, int((sizes[:, 0] * sizes[:, 1]).max(initial=0)))
+    plan = BucketBatchSampler(sizes, budget, max_batch_size=batch_size, shuffle=False).plan(0)  # like sizes together
+    predictions = [""] * len(split.items)
+    for batch in tqdm(plan, desc=folder.name, unit="batch", disable=None, file=sys.stderr):
+        for j, r in zip(batch, rec.decode([images[order[j]] for j in batch], beam)):
+            predictions[order[j]] = r.latex
+    references = [item.caption for item in split.items]
+    scores = expression_scores(predictions, references)
+    seconds = time.perf_counter() - start
+    scores.update(seconds=round(seconds, 2), expr_per_s=round(len(references) / max(seconds, 1e-9), 2),
+                  decoding=_decoding(beam), unreadable=len(split.items) - len(images))
+    rows = [{"name": item.name, "reference": ref, "prediction": pred,
+             "distance": edit_distance(canonical(pred), canonical(ref))}
+            for item, ref, pred in zip(split.items, references, predictions)]
+    return scores, rows
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = [f"{'split':<12}{'n':>6}{'ExpRate':>9}{'<=1':>8}{'<=2':>8}{'raw':>8}{'seconds':>9}{'expr/s':>8}  decoding"]
+    for name, s in results.items():
+        lines.append(f"{name:<12}{s['n']:>6}{s['exprate']:>9.2f}{s['le1']:>8.2f}{s['le2']:>8.2f}{s['raw_exprate']:>8.2f}"
+                     f"{s['seconds']:>9.1f}{s['expr_per_s']:>8.1f}  {s['decoding']}")
+    return "\n".join(lines)
+
+
+def _write_predictions(path: Path, rows: list[dict]) -> None:
+    """JSON lines if the name ends in .jsonl, else TSV with a header."""
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        keys = ["split", "name", "reference", "prediction", "distance"]
+        text = "\t".join(keys) + "\n" + "".join("\t".join(str(r[k]) for k in keys) + "\n" for r in rows)
+    path.write_text(text, "utf-8")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    folders = [Path(p) for p in args.split_dirs]
+    for folder in folders:
+        if not (folder / "caption.txt").is_file():
+            raise UserError(f"{folder}: not an offline split (no caption.txt)")
+    rec, beam = _recognizer(args), _beam(args)
+    results, rows = {}, []
+    for folder in folders:
+        name = folder.resolve().name if folder.resolve().name not in results else str(folder)
+        results[name], split_rows = evaluate_split(rec, folder, beam, args.batch_size)
+        rows += [{"split": name, **r} for r in split_rows]
+    print(format_table(results))
+    for path, write in ((args.json, lambda p: p.write_text(json.dumps(results, indent=1) + "\n", "utf-8")),
+                        (args.predictions, lambda p: _write_predictions(p, rows))):
+        if path:
+            write(Path(path))
+            print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--model", metavar="PATH", help="weights (.safetensors with its .json manifest); "
+                        "default: the weights shipped in the package")
+    decoding = parser.add_mutually_exclusive_group()
+    decoding.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
+    decoding.add_argument("--greedy", action="store_true", help="greedy decoding (fastest; same as --beam 1)")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
+                        help=f"images decoded together (default {batch_size})")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    recognize = commands.add_parser("recognize", help="images (any polarity, size), InkML files or folders -> LaTeX")
+    recognize.add_argument("paths", nargs="+", metavar="PATH", help="image, .inkml file or folder (searched recursively)")
+    _model_options(recognize, batch_size=8)
+    recognize.add_argument("--json", action="store_true", help="one JSON object per line: path, latex, score, ms")
+    recognize.set_defaults(run=_recognize)
+
+    evaluate = commands.add_parser("evaluate", help="ExpRate, <=1, <=2 errors and speed on offline-layout splits")
+    evaluate.add_argument("split_dirs", nargs="+", metavar="SPLIT_DIR", help="folder with caption.txt and img/")
+    _model_options(evaluate, batch_size=16)
+    evaluate.add_argument("--json", metavar="FILE", help="write the scores: {split: {n, exprate, le1, ...}}")
+    evaluate.add_argument("--predictions", metavar="FILE",
+                          help="write each expression's name, reference, prediction, distance (.jsonl, else TSV)")
+    evaluate.set_defaults(run=_evaluate)

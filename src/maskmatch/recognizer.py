@@ -1,0 +1,150 @@
+"""`Recognizer`: handwritten math (an image, pen strokes or an InkML file) to LaTeX, loaded once, used many times.
+
+The CLI, the web page and users' scripts are thin shells around it. It has no side effects: it reads the
+files it is given and returns results; it never prints or writes.
+
+    from maskmatch import Recognizer
+    rec = Recognizer.load("model.safetensors")
+    rec.recognize("photo.jpg").latex            # also a PIL image, a numpy array, strokes, an .inkml path
+    rec.recognize(strokes, beam_size=1)         # beam_size=1 is greedy decoding: fastest
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskmatch.data.batching import collate
+from maskmatch.data.images import load_image
+from maskmatch.data.inkml import Ink, read_inkml
+from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
+from maskmatch.data.vocab import Vocabulary
+from maskmatch.model import HMERModel
+from maskmatch.weights import load_weights, manifest_vocabulary, render_config
+
+SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json
+
+
+@dataclass
+class Recognition:
+    latex: str  # canonical CROHME tokens joined by spaces, e.g. "x ^ { 2 }"
+    tokens: list[str]
+    score: float  # length-normalized log-probability (model/search.py), higher is surer; beam adds r2l rescoring,
+    # so greedy and beam scores are on different scales
+    ms: float  # wall time spent on this input: its preprocessing plus its share of the batch's decoding
+
+
+class Recognizer:
+    """A model with its vocabulary and preprocessing. Inputs (see `preprocess`):
+
+    - a path (str or Path) to an image (PNG, JPEG, BMP, ...) or an .inkml file;
+    - image file bytes, or InkML bytes;
+    - a PIL image, or a numpy array (H, W) / (H, W, 1|3|4) of any dtype: any polarity, size, pen;
+    - pen strokes: a list of (n, 2) arrays or lists of (x, y) points, y pointing down, any scale;
+    - an `Ink` from `maskmatch.data.inkml.read_inkml`.
+    Bad input raises ValueError with a one-line reason.
+    """
+
+    def __init__(self, model: HMERModel, vocabulary: Vocabulary, render: RenderConfig,
+                 manifest: dict | None = None, device: str | torch.device = "cpu"):
+        if len(vocabulary) != model.config.vocab_size:
+            raise ValueError(f"vocabulary of {len(vocabulary)} symbols for a model of vocab_size {model.config.vocab_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vocabulary, self.render, self.manifest = vocabulary, render, manifest or {}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "Recognizer":
+        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package."""
+        if path is None:
+            shipped = resources.files("maskmatch.assets").joinpath(SHIPPED)
+            if not shipped.is_file():
+                raise ValueError("no shipped weights in this version; pass a model path (--model)")
+            path = Path(str(shipped))
+        model, manifest = load_weights(path, device)
+        return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device)
+
+    # ------------------------------------------------------------ inputs
+
+    def preprocess(self, x: Any) -> np.ndarray:
+        """Any supported input -> normalized uint8 image (H, W), ink 255 on 0, as the model was trained on."""
+        if isinstance(x, (str, Path)):
+            if Path(x).suffix.lower() == ".inkml":
+                return render_strokes(read_inkml(x).strokes, self.render)
+            return normalize_bitmap(load_image(x), self.render)
+        if isinstance(x, (bytes, bytearray)):
+            if bytes(x[:256]).lstrip().startswith(b"<"):  # XML: InkML
+                return render_strokes(read_inkml(bytes(x)).strokes, self.render)
+            return normalize_bitmap(load_image(bytes(x)), self.render)
+        if isinstance(x, Ink):
+            return render_strokes(x.strokes, self.render)
+        if isinstance(x, (Image.Image, np.ndarray)):
+            return normalize_bitmap(x, self.render)
+        if isinstance(x, (list, tuple)):
+            return render_strokes(_strokes(x), self.render)
+        raise ValueError(f"cannot recognize a {type(x).__name__}: pass a path, an image, an array or strokes")
+
+    # ------------------------------------------------------------ recognition
+
+    def recognize(self, x: Any, beam_size: int = 10) -> Recognition:
+        """One input -> its Recognition. beam_size 1 decodes greedily (the ids equal beam search's with one beam)."""
+        return self.recognize_batch([x], beam_size)[0]
+
+    def recognize_batch(self, xs: list[Any], beam_size: int = 10) -> list[Recognition]:
+        """Inputs -> Recognitions in order, decoded as one padded batch; the first bad input raises ValueError."""
+        images, spent = [], []
+        for x in xs:
+            start = time.perf_counter()
+            images.append(self.preprocess(x))
+            spent.append(time.perf_counter() - start)
+        results = self.decode(images, beam_size)
+        for r, s in zip(results, spent):
+            r.ms = round(r.ms + 1000 * s, 2)
+        return results
+
+    def decode(self, images: list[np.ndarray], beam_size: int = 10) -> list[Recognition]:
+        """Normalized uint8 images (H_i, W_i), ink bright (from `preprocess`, or a built split) -> Recognitions.
+
+        Decodes all of them as one batch, padded to the largest: group images of like size for speed.
+        """
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1 (1 is greedy), got {beam_size}")
+        if not images:
+            return []
+        start = time.perf_counter()
+        batch = collate([(i, image, np.zeros(0, np.int64)) for i, image in enumerate(images)])
+        images_t, mask = batch.images.to(self.device), batch.mask.to(self.device)  # (B, 1, H, W), (B, H, W)
+        with torch.inference_mode():
+            if beam_size == 1:
+                hyps = self.model.greedy(images_t, mask)
+            else:
+                hyps = self.model.beam_search(images_t, mask, beam_size=beam_size)
+        share = 1000 * (time.perf_counter() - start) / len(images)
+        out = []
+        for h in hyps:
+            tokens = self.vocabulary.decode(h.ids)
+            out.append(Recognition(" ".join(tokens), tokens, float(h.score), round(share, 2)))
+        return out
+
+
+def _strokes(strokes: list | tuple) -> list[np.ndarray]:
+    """A list of strokes -> (n_i, 2) float64 arrays; ValueError naming the first malformed stroke."""
+    out = []
+    for i, s in enumerate(strokes):
+        try:
+            a = np.asarray(s, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"stroke {i} is not a list of numeric (x, y) points") from None
+        if a.size == 0:
+            continue
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"stroke {i} has shape {a.shape}; expected (n, 2) points (x, y)")
+        out.append(a)
+    return out

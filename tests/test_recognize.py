@@ -1,0 +1,250 @@
+"""Recognizer API, `maskmatch recognize` and `maskmatch evaluate`, with a tiny random model (garbage output,
+but well-formed) and, for the scoring loop, a decoder that is told the references."""
+
+import json
+import math
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskmatch.cli import main
+from maskmatch.data.cache import CacheWriter
+from maskmatch.data.render import RenderConfig, render_strokes
+from maskmatch.data.vocab import Vocabulary
+from maskmatch.model import HMERModel, ModelConfig
+from maskmatch.recognizer import Recognition, Recognizer
+from maskmatch.weights import save_weights
+
+CROSS = [[[0, 0], [10, 10]], [[10, 0], [0, 10]]]  # an "x" as two strokes
+EXPRESSIONS = {  # name -> (strokes, reference caption)
+    "plus": ([[[0, 5], [10, 5]], [[5, 0], [5, 10]]], "+"),
+    "cross": (CROSS, "x"),
+    "minus": ([[[0, 5], [12, 5]]], "-"),
+    "x2": (CROSS + [[[14, -6], [18, -6], [14, -1], [18, -1]]], "x ^ { 2 }"),
+}
+INKML = """<ink xmlns="http://www.w3.org/2003/InkML">
+<annotation type="truth">$x$</annotation>
+<trace>0 0, 10 10</trace>
+<trace>10 0, 0 10</trace>
+</ink>"""
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_weights(path, HMERModel(ModelConfig.tiny(max_len=6)), {"command": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_path) -> Recognizer:
+    return Recognizer.load(model_path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Inputs for the CLI: a good PNG (bright ink), a good JPEG (dark ink, large canvas), an InkML file,
+    and bad ones: garbage bytes, a PNG whose header claims 100000 x 100000 pixels, a missing file."""
+    folder = tmp_path_factory.mktemp("inputs")
+    image = render_strokes(CROSS)
+    Image.fromarray(image).save(folder / "good.png")
+    canvas = np.full((600, 900), 250, np.uint8)
+    canvas[100 : 100 + image.shape[0], 200 : 200 + image.shape[1]] -= image // 2  # grey ink on white
+    Image.fromarray(canvas).save(folder / "dark.jpg", quality=90)
+    (folder / "x.inkml").write_text(INKML, "utf-8")
+    (folder / "garbage.png").write_bytes(b"\x89PNG not really" * 10)
+    (folder / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    return {p.stem: p for p in folder.iterdir()} | {"missing": folder / "missing.png"}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature, an IHDR claiming width x height 8-bit gray, an empty IDAT and IEND: ~60 bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def well_formed(r: Recognition) -> None:
+    vocabulary = Vocabulary.load()
+    assert isinstance(r, Recognition) and r.latex == " ".join(r.tokens)
+    assert all(t in vocabulary for t in r.tokens) and len(r.tokens) <= 6
+    assert math.isfinite(r.score) and r.ms > 0
+
+
+# ---------------------------------------------------------------- Python API
+
+
+def test_recognizer_accepts_paths_images_arrays_strokes_and_bytes(recognizer, files):
+    image = np.asarray(Image.open(files["good"]))
+    by_path = recognizer.recognize(files["good"], beam_size=2)
+    for x in (str(files["good"]), Image.open(files["good"]), image, 255 - image, image.astype(np.float32) / 255,
+              files["good"].read_bytes()):
+        r = recognizer.recognize(x, beam_size=2)
+        well_formed(r)
+        assert r.tokens == by_path.tokens  # polarity, dtype and container do not change the normalized image
+    for x in (CROSS, [np.array(s, float) for s in CROSS], files["x"], INKML.encode(), files["dark"]):
+        well_formed(recognizer.recognize(x, beam_size=2))
+
+
+def test_batch_greedy_and_single_agree(recognizer, files):
+    xs = [files["good"], CROSS, EXPRESSIONS["x2"][0], files["dark"]]
+    batch = recognizer.recognize_batch(xs, beam_size=1)
+    assert [r.tokens for r in batch] == [recognizer.recognize(x, beam_size=1).tokens for x in xs]
+    images = [recognizer.preprocess(x) for x in xs]
+    collated = torch.zeros(1, 1, images[2].shape[0], images[2].shape[1])
+    collated[0, 0] = torch.from_numpy(images[2] / 255.0)
+    greedy = recognizer.model.greedy(collated, torch.zeros(1, *images[2].shape, dtype=torch.bool))[0]
+    assert batch[2].tokens == recognizer.vocabulary.decode(greedy.ids)
+
+
+@pytest.mark.parametrize("x, message", [
+    ([[[0, 0, 1]]], "stroke 0 has shape"),
+    ([["a", "b"]], "stroke 0 is not"),
+    ([], "no ink"),
+    (np.zeros((50, 80), np.uint8), "no ink"),
+    (42, "cannot recognize a int"),
+    ("no/such/file.png", "no such file"),
+])
+def test_bad_inputs_are_one_line_value_errors(recognizer, x, message):
+    with pytest.raises(ValueError, match=message) as info:
+        recognizer.recognize(x)
+    assert "\n" not in str(info.value)
+
+
+def test_beam_size_below_one_and_missing_shipped_weights(recognizer):
+    with pytest.raises(ValueError, match="beam_size"):
+        recognizer.recognize(CROSS, beam_size=0)
+    with pytest.raises(ValueError, match="no shipped weights in this version; pass a model path"):
+        Recognizer.load()
+
+
+def test_import_stays_light():
+    code = "import sys, maskmatch; assert 'torch' not in sys.modules; from maskmatch import Recognizer; print(Recognizer.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "Recognizer"
+
+
+# ---------------------------------------------------------------- maskmatch recognize
+
+
+def test_recognize_reports_bad_files_and_continues(model_path, files, capsys):
+    paths = [files[k] for k in ("good", "garbage", "missing", "bomb", "dark")]
+    code = main(["recognize", *map(str, paths), "--model", str(model_path), "--beam", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(files["good"]), str(files["dark"])]
+    assert all(len(line.split("\t")) == 2 for line in lines)
+    errors = err.splitlines()
+    assert len(errors) == 3 and "Traceback" not in err
+    assert errors[0].startswith(f"{files['garbage']}: not a readable image")
+    assert errors[1] == f"{files['missing']}: no such file or folder"
+    assert errors[2].startswith(f"{files['bomb']}: image too large")
+
+
+def test_recognize_json_lines(model_path, files, capsys):
+    assert main(["recognize", str(files["good"]), str(files["x"]), "--model", str(model_path), "--greedy", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in records] == [str(files["good"]), str(files["x"])]
+    for r in records:
+        assert set(r) == {"path", "latex", "score", "ms"}
+        assert isinstance(r["latex"], str) and isinstance(r["score"], float) and r["ms"] > 0
+
+
+def test_recognize_folder_recursively(model_path, tmp_path, files, capsys):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.PNG").write_bytes(files["good"].read_bytes())
+    (tmp_path / "a.inkml").write_text(INKML, "utf-8")
+    (tmp_path / "notes.txt").write_text("not an input", "utf-8")
+    assert main(["recognize", str(tmp_path), "--model", str(model_path), "--greedy"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(tmp_path / "a.inkml"), str(tmp_path / "sub" / "b.PNG")]
+
+
+def test_recognize_without_model_is_a_user_error(capsys):
+    assert main(["recognize", "anything.png"]) == 2
+    assert capsys.readouterr().err.strip() == "maskmatch: error: no shipped weights in this version; pass a model path (--model)"
+
+
+# ---------------------------------------------------------------- maskmatch evaluate
+
+
+def make_split(folder: Path, cached: bool) -> dict[str, np.ndarray]:
+    """An offline split as `maskmatch data build` writes it (with cache/meta.json if cached); name -> image."""
+    (folder / "img").mkdir(parents=True)
+    images = {name: render_strokes(strokes) for name, (strokes, _) in EXPRESSIONS.items()}
+    for name, image in images.items():
+        Image.fromarray(image if cached else 255 - image).save(folder / "img" / f"{name}.png")
+    (folder / "caption.txt").write_text("".join(f"{n}\t{c}\n" for n, (_, c) in EXPRESSIONS.items()), "utf-8")
+    if cached:
+        vocabulary = Vocabulary.load()
+        writer = CacheWriter(folder / "cache", vocabulary.symbols, asdict(RenderConfig()))
+        for name, image in images.items():
+            writer.add(name, image, vocabulary.encode(EXPRESSIONS[name][1].split()))
+        writer.close()
+    return images
+
+
+def test_evaluate_writes_scores_and_predictions(model_path, tmp_path, capsys):
+    make_split(tmp_path / "2014", cached=False)  # dark ink on white: normalized on the way in
+    scores, predictions = tmp_path / "scores.json", tmp_path / "predictions.tsv"
+    code = main(["evaluate", str(tmp_path / "2014"), "--model", str(model_path), "--greedy", "--batch-size", "3",
+                 "--json", str(scores), "--predictions", str(predictions)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[0].startswith("split") and "greedy" in out.splitlines()[1]
+    result = json.loads(scores.read_text("utf-8"))
+    assert list(result) == ["2014"]
+    assert {"n", "exprate", "le1", "le2", "raw_exprate", "seconds", "expr_per_s", "decoding"} <= set(result["2014"])
+    assert result["2014"]["n"] == 4 and result["2014"]["decoding"] == "greedy"
+    rows = [line.split("\t") for line in predictions.read_text("utf-8").splitlines()]
+    assert rows[0] == ["split", "name", "reference", "prediction", "distance"]
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("2014", n, c) for n, (_, c) in EXPRESSIONS.items()]
+
+
+def test_evaluate_scoring_with_a_decoder_told_the_references(model_path, tmp_path, capsys, monkeypatch):
+    images = make_split(tmp_path / "2016", cached=True)  # meta.json matches: images reach decode as they are
+    answer = {images[n].tobytes(): c for n, (_, c) in EXPRESSIONS.items()}
+    answer[images["x2"].tobytes()] = "x^2"  # canonical-equal spelling: exact, but not raw-exact
+    seen = []
+
+    def decode(self, batch, beam_size=10):
+        seen.append(len(batch))
+        return [Recognition(answer[image.tobytes()], answer[image.tobytes()].split(), 0.0, 1.0) for image in batch]
+
+    monkeypatch.setattr(Recognizer, "decode", decode)
+    scores, predictions = tmp_path / "scores.json", tmp_path / "predictions.jsonl"
+    argv = ["evaluate", str(tmp_path / "2016"), "--model", str(model_path), "--batch-size", "3",
+            "--json", str(scores), "--predictions", str(predictions)]
+    assert main(argv) == 0
+    result = json.loads(scores.read_text("utf-8"))["2016"]
+    assert (result["n"], result["exprate"], result["le2"], result["raw_exprate"]) == (4, 100.0, 100.0, 75.0)
+    assert result["decoding"] == "beam 10" and sorted(seen) == [1, 3]
+    assert all(json.loads(line)["distance"] == 0 for line in predictions.read_text("utf-8").splitlines())
+    capsys.readouterr()
+
+    (tmp_path / "2016" / "img" / "x2.png").write_bytes(b"corrupted")  # unreadable: counted as wrong
+    answer[images["plus"].tobytes()] = "\\div"  # one token off: within <= 1
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    result = json.loads(scores.read_text("utf-8"))["2016"]
+    assert (result["n"], result["exprate"], result["le1"], result["le2"]) == (4, 50.0, 75.0, 75.0)
+    assert err.count("\n") == 1 and "x2.png: not a readable image" in err and "counted as wrong" in err
+    rows = {r["name"]: r for r in map(json.loads, predictions.read_text("utf-8").splitlines())}
+    assert rows["x2"]["prediction"] == "" and rows["x2"]["distance"] == 5
+    assert rows["plus"]["distance"] == 1 and rows["minus"]["distance"] == 0
+
+
+def test_evaluate_refuses_a_folder_without_captions(model_path, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--model", str(model_path)]) == 2
+    assert "no caption.txt" in capsys.readouterr().err

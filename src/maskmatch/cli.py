@@ -14,6 +14,7 @@ from maskmatch.errors import UserError
 
 COMMAND_MODULES = [
     "maskmatch.data.commands",  # data build, data sheet
+    "maskmatch.train.commands",  # finetune
     "maskmatch.inference_commands",  # recognize, evaluate
 ]
 

@@ -7,6 +7,7 @@ warning. Nested dataclasses are nested mappings; tuples are YAML lists.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from maskmatch.errors import UserError
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def from_dict(cls: type[T], values: dict, where: str = "") -> T:
@@ -92,6 +94,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(items, value)))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise UserError(f"config{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

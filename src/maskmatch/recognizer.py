@@ -64,7 +64,7 @@ class Recognizer:
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "Recognizer":
         """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package."""
         if path is None:
-            shipped = resources.files("maskmatch.assets").joinpath(SHIPPED)
+            shipped = resources.files("maskmatch").joinpath("assets", SHIPPED)
             if not shipped.is_file():
                 raise ValueError("no shipped weights in this version; pass a model path (--model)")
             path = Path(str(shipped))

@@ -19,7 +19,7 @@ class Vocabulary:
     def load(cls, path: str | Path | None = None) -> "Vocabulary":
         """Reads one symbol a line; None reads the standard dictionary shipped in the package."""
         if path is None:
-            text = resources.files("maskmatch.assets").joinpath("dictionary.txt").read_text("utf-8")
+            text = resources.files("maskmatch").joinpath("assets", "dictionary.txt").read_text("utf-8")
         else:
             text = Path(path).read_text("utf-8")
         words = [line.strip() for line in text.splitlines() if line.strip()]

@@ -1,0 +1,299 @@
+"""Callbacks of `maskmatch finetune`: the time-budget planner, atomic checkpoints, log.jsonl and curves.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from maskmatch.train.schedule import plan_total_steps
+
+LOG, CURVES, LAST, BEST = "log.jsonl", "curves.png", "last.ckpt", "best.ckpt"
+
+
+def write_atomic(path: Path, write) -> None:
+    """Calls write(binary file) on a temporary file beside `path`, syncs it, renames it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of writes that a killed run left behind (the files they replace are intact)."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the checkpoint's own folder, fsync, os.replace, fsync the folder.
+
+    Lightning's TorchCheckpointIO writes local files through an fsspec transaction whose temporary file
+    comes from tempfile.mkstemp() in the system temp folder, then shutil.move()s it into place: when
+    that folder is on another file system the move is a copy into the destination, not atomic, and
+    nothing is fsynced. Here the rename never leaves the run's folder.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        write_atomic(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of log.jsonl; a line cut short by a killed run is skipped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Training loss, learning rate and validation ExpRate against the step, as a PNG (Agg, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> tuple[list, list]:
+        latest = {r["step"]: r[key] for r in records if key in r}  # a resumed run's repeats: keep the last
+        steps = sorted(latest)
+        return steps, [latest[s] for s in steps]
+
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    for ax, key, title in zip(fig.subplots(1, 3), ("loss", "lr", "val_exprate"),
+                              ("training loss", "learning rate", "validation ExpRate (%, EMA, greedy)")):
+        steps, values = series(key)
+        ax.plot(steps, values, marker="o" if key == "val_exprate" else None, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key == "loss" and values and min(values) > 0:
+            ax.set_yscale("log")
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=90))
+
+
+class BudgetPlanner(L.Callback):
+    """Fixes the schedule's length and ends the run in time.
+
+    Without a time budget the run has max_epochs epochs. With one, the plan is made once, when
+    plan_after_steps steps have been timed and either an epoch's end has been timed or a tenth of the
+    training time has passed: the median step time (data loading included), the cost of an epoch's
+    end (validation, checkpoint, plot; until one is seen, the sanity check's validation scaled to the
+    whole set) and of a mid-epoch checkpoint give the steps that fit (`schedule.plan_total_steps`).
+    Checkpoints keep the plan. After every step, the run stops when one more step, an epoch's end and
+    the final export would pass the budget; stopping triggers a last validation and checkpoint.
+    """
+
+    WARMUP_STEPS = 3  # first steps of a session, not timed: allocation, autotuning, workers starting
+
+    def __init__(self, max_epochs: int, time_budget: float | None, plan_after_steps: int, start: float,
+                 checkpoints: "RunCheckpoints", log: "RunLog"):
+        self.max_epochs, self.budget, self.plan_after = max_epochs, time_budget, plan_after_steps
+        self.start, self.checkpoints, self.run_log = start, checkpoints, log
+        self.step_times: list[float] = []  # seconds between consecutive step ends within an epoch
+        self.end_seconds = 0.0  # seconds of an epoch's end: validation, checkpoint, plot, loader restart
+        self._epoch_end_seen = False
+        self._last_end: float | None = None  # when the latest step ended
+        self._epoch_end_at: float | None = None  # when the last step of an epoch ended, until the next step ends
+        self._train_start = self._val_start = 0.0
+        self._steps_seen = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def reserve(self) -> float:
+        """Seconds kept for the export and shutdown after the last checkpoint, and for noise."""
+        return 2.0 + 0.01 * self.budget + 3 * self.checkpoints.save_seconds
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        meta = checkpoint.get("maskmatch", {})
+        if meta.get("planned"):  # known before Lightning decides whether anything is left to do
+            trainer.fit_loop.epoch_loop.max_steps = meta["total_steps"]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not pl_module.planned:
+            pl_module.total_steps = self.max_epochs * trainer.num_training_batches
+            pl_module.planned = self.budget is None
+        trainer.fit_loop.epoch_loop.max_steps = pl_module.total_steps
+        self._train_start = time.monotonic()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:  # a few batches: scaled to the whole validation, a first estimate
+            done, total = sum(trainer.num_sanity_val_batches), sum(trainer.num_val_batches)
+            self.end_seconds = (time.monotonic() - self._val_start) * total / max(done, 1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        self._steps_seen += 1
+        step = statistics.median(self.step_times) if self.step_times else 0.0
+        if self._epoch_end_at is not None:  # the first step after an epoch's end
+            self.end_seconds, self._epoch_end_at = max(0.0, now - self._epoch_end_at - step), None
+            self._epoch_end_seen = True
+        elif self._last_end is not None and self._steps_seen > self.WARMUP_STEPS:
+            self.step_times = (self.step_times + [now - self._last_end])[-200:]
+        self._last_end = now
+        if batch_idx + 1 == trainer.num_training_batches:
+            self._epoch_end_at = now
+        if trainer.global_step >= pl_module.total_steps:
+            trainer.should_stop = True  # not only max_steps: stopping this way validates a last time
+            return
+        if self.budget is None or not self.step_times:
+            return
+        step = statistics.median(self.step_times)
+        training = now - self._train_start
+        if (not pl_module.planned and len(self.step_times) >= self.plan_after - self.WARMUP_STEPS
+                and (self._epoch_end_seen or training > 0.1 * (self.budget - (self._train_start - self.start)))):
+            self._plan(trainer, pl_module, step, batch_idx)
+        if self.elapsed() + step + self.end_seconds + self.reserve() > self.budget:
+            if not trainer.should_stop and trainer.is_global_zero:
+                print(f"\ntime budget: stopping at step {trainer.global_step}", flush=True)
+            trainer.should_stop = True
+
+    def _plan(self, trainer, pl_module, step: float, batch_idx: int) -> None:
+        per_epoch, save = trainer.num_training_batches, self.checkpoints.save_seconds
+        total = plan_total_steps(
+            time_left=self.budget - self.elapsed() - self.reserve(), global_step=trainer.global_step,
+            epoch=trainer.current_epoch, batch_in_epoch=batch_idx + 1, steps_per_epoch=per_epoch,
+            max_epochs=self.max_epochs, step_seconds=step, end_seconds=self.end_seconds, save_seconds=save,
+            saves_per_epoch=per_epoch // self.checkpoints.every_n_steps)
+        pl_module.total_steps, pl_module.planned = total, True
+        trainer.fit_loop.epoch_loop.max_steps = total
+        self.run_log.write(trainer, {"event": "plan", "step": trainer.global_step, "planned_steps": total,
+                                     "step_s": round(step, 4), "epoch_end_s": round(self.end_seconds, 3),
+                                     "save_s": round(save, 3), "budget_s": self.budget})
+        if trainer.is_global_zero:
+            print(f"\ntime budget {self.budget:.0f} s: {step:.3f} s/step, {self.end_seconds:.1f} s per epoch end; "
+                  f"planned {total} steps ({total / per_epoch:.2f} epochs of {per_epoch})", flush=True)
+
+
+class RunCheckpoints(L.Callback):
+    """last.ckpt every n steps and after each validation; best.ckpt, a copy of it, when validation ExpRate is the
+    best so far (ties go to the later, longer-trained weights)."""
+
+    def __init__(self, run_dir: Path, every_n_steps: int, log: "RunLog"):
+        self.run_dir, self.every_n_steps, self.run_log = Path(run_dir), every_n_steps, log
+        self.best: float | None = None  # best validation ExpRate so far, of best.ckpt
+        self.best_step, self.val_n = -1, 0
+        self.save_seconds = 0.0
+        self.saved_step = -1  # global step of the latest checkpoint written in this session
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "val_n": self.val_n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.val_n = state["best"], state["best_step"], state["val_n"]
+
+    def _save(self, trainer, name: str) -> None:
+        start = time.monotonic()
+        trainer.save_checkpoint(self.run_dir / name, weights_only=False)  # every rank calls it; rank 0 writes
+        self.save_seconds, self.saved_step = time.monotonic() - start, trainer.global_step
+        self.run_log.write(trainer, {"event": "checkpoint", "file": name, "step": trainer.global_step,
+                                     "epoch": trainer.current_epoch, "seconds": round(self.save_seconds, 3)})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        epoch_end = batch_idx + 1 == trainer.num_training_batches  # validation saves right after
+        if trainer.global_step % self.every_n_steps == 0 and not (epoch_end or trainer.should_stop):
+            self._save(trainer, LAST)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        improved = self.best is None or pl_module.val_exprate >= self.best
+        if improved:
+            self.best, self.best_step = pl_module.val_exprate, trainer.global_step
+        self.val_n = pl_module.val_n
+        self._save(trainer, LAST)
+        if improved and trainer.is_global_zero:
+            with open(self.run_dir / LAST, "rb") as source:
+                write_atomic(self.run_dir / BEST, lambda f: shutil.copyfileobj(source, f))
+            self.run_log.write(trainer, {"event": "checkpoint", "file": BEST, "step": trainer.global_step,
+                                         "epoch": trainer.current_epoch, "val_exprate": self.best})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.saved_step != trainer.global_step:
+            self._save(trainer, LAST)
+
+
+class RunLog(L.Callback):
+    """Appends JSON lines to log.jsonl (training every n steps, each validation, events) and redraws curves.png.
+
+    elapsed_s counts the seconds of all sessions of the run (checkpoints keep the earlier sessions' total).
+    """
+
+    def __init__(self, run_dir: Path, every_n_steps: int, start: float):
+        self.path, self.every_n_steps, self.start = Path(run_dir) / LOG, every_n_steps, start
+        self.seconds_before = 0.0  # seconds of earlier sessions of this run
+        self._val_start = 0.0
+        self._images, self._since = 0, time.monotonic()
+
+    def run_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.start
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.run_seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seconds_before = float(state["seconds"])
+
+    def write(self, trainer, record: dict) -> None:
+        if trainer.is_global_zero:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.write(trainer, {"event": "start", "step": trainer.global_step, "epoch": trainer.current_epoch,
+                             "planned_steps": pl_module.total_steps, "devices": trainer.world_size})
+        self._images, self._since = 0, time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch) * trainer.world_size  # all ranks, counted as this rank's batch size
+        step = trainer.global_step
+        if step % self.every_n_steps:
+            return
+        now = time.monotonic()
+        self.write(trainer, {
+            "step": step, "epoch": trainer.current_epoch, "loss": float(outputs["loss"]),
+            "lr": pl_module.step_lr,
+            "images_per_s": round(self._images / max(now - self._since, 1e-9), 2),
+            "elapsed_s": round(self.run_seconds(), 2)})
+        self._images, self._since = 0, now
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.write(trainer, {"step": trainer.global_step, "epoch": trainer.current_epoch,
+                             "val_exprate": round(pl_module.val_exprate, 4), "val_n": pl_module.val_n,
+                             "val_s": round(time.monotonic() - self._val_start, 2),
+                             "elapsed_s": round(self.run_seconds(), 2)})
+        if trainer.is_global_zero:
+            plot_curves(read_log(self.path), self.path.parent / CURVES)
+        self._images, self._since = 0, time.monotonic()

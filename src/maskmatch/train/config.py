@@ -1,0 +1,76 @@
+"""`maskmatch finetune`'s typed config: model, data, optim and trainer sections, YAML holding values only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maskmatch.model.config import ModelConfig
+
+PRECISIONS = ("32", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/crohme"  # a `maskmatch data build --out` folder (the README's example path)
+    train_split: str = "train"  # split trained on: the CROHME 2014 training set (DESIGN.md, Data)
+    val_size: int = 500  # train images held out for validation and model selection (~6% of 8,834; assumed)
+    val_seed: int = 0  # which images form the held-out slice; fixed, so that runs compare
+    pixel_budget: int = 1_000_000  # padded pixels B x H x W per batch at the largest scale (assumed; CROHME: 9.3 images)
+    max_batch_size: int = 16  # images per batch at most (CoMER uses 8 under a smaller budget; assumed)
+    workers: int = 4  # data-loader processes per rank; 0 loads in the training process (assumed)
+    scale_range: tuple[float, float] = (0.7, 1.3)  # rescale drawn per image and epoch (assumed; symbols ~28-52 px)
+
+    def __post_init__(self):
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range {self.scale_range} must satisfy 0 < low <= high")
+        if self.val_size < 1 or self.pixel_budget < 1 or self.max_batch_size < 1 or self.workers < 0:
+            raise ValueError("val_size, pixel_budget and max_batch_size must be positive, workers >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4  # AdamW peak learning rate after warm-up (assumed; common for transformer decoders)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay, on weights of rank >= 2 only (PyTorch's default value)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decays (PyTorch's defaults)
+    warmup_steps: int = 1000  # linear warm-up to lr (assumed; CROHME has 900 steps an epoch at the defaults)
+    min_lr_ratio: float = 0.01  # cosine decay ends at lr * min_lr_ratio (assumed)
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off (assumed)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016; Vaswani et al. 2017)
+    ema_decay: float = 0.999  # weight EMA decay, warmed up as min(decay, (1+t)/(10+t)) (TF ExponentialMovingAverage)
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be positive; weight_decay, warmup_steps, grad_clip non-negative")
+        if not (0 <= self.min_lr_ratio <= 1 and 0 <= self.label_smoothing < 1 and 0 <= self.ema_decay < 1):
+            raise ValueError("min_lr_ratio must lie in [0, 1], label_smoothing and ema_decay in [0, 1)")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas {self.betas} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int = 100  # epochs when no time budget shortens the run (assumed; CoMER trains 300 with SGD)
+    time_budget: float | None = None  # seconds for the whole command; the run is planned to fit (None: no budget)
+    precision: str = "bf16-mixed"  # "32" or "bf16-mixed"; bf16 autocast and channels-last apply on GPU only (DESIGN.md)
+    seed: int = 0  # seeds initialization, batch order, augmentation and dropout
+    log_every_n_steps: int = 50  # steps between lines of log.jsonl and the progress bar's loss
+    checkpoint_every_n_steps: int = 500  # steps between mid-epoch last.ckpt writes, so a killed run loses little
+    plan_after_steps: int = 50  # with a time budget: steps timed (after 3 warm-up steps) before the plan is fixed
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if min(self.max_epochs, self.log_every_n_steps, self.checkpoint_every_n_steps) < 1 or self.plan_after_steps < 4:
+            raise ValueError("max_epochs, log_every_n_steps, checkpoint_every_n_steps must be >= 1; "
+                             "plan_after_steps >= 4")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"time_budget {self.time_budget} must be positive seconds")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the recognizer (DESIGN.md, Model)
+    data: DataConfig = field(default_factory=DataConfig)  # where the data is and how it is batched
+    optim: OptimConfig = field(default_factory=OptimConfig)  # loss, optimizer, schedule and EMA
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # how long, how precise, how often to log and save

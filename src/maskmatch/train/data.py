@@ -1,0 +1,174 @@
+"""Training and validation batches: a fixed held-out slice of train, bucketed under a pixel budget,
+rescaled on the fly, and resumable in the middle of an epoch.
+
+Scale augmentation: every training image is rescaled by a factor drawn per (seed, epoch, image) from
+`scale_range`, capped so that no image grows past the render's maximum size. The sampler packs the
+images at their largest possible size (`scaled_size` at the top of the range is monotone in the
+factor), so the pixel budget holds whatever factor is drawn.
+
+Resuming: Lightning saves `ResumableLoader.state_dict()` (epoch, batches handed out) in mid-epoch
+checkpoints and gives it back on resume; the loader then skips the batches already trained on. The
+epoch comes from Lightning (`set_epoch` on `batch_sampler.sampler`), and the loader fixes its epoch
+and position when the first batch is asked for, after Lightning has set the epoch, never when the
+iterator is created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from maskmatch.data.batching import BucketBatchSampler, CacheDataset, collate
+from maskmatch.data.cache import Cache
+from maskmatch.errors import UserError
+from maskmatch.train.config import DataConfig
+
+
+def scaled_size(height: int, width: int, scale: float, max_height: int, max_width: int) -> tuple[int, int]:
+    """The size of an image rescaled by `scale`, capped (never below its own size) by the render's limits."""
+    factor = min(scale, max(1.0, min(max_height / height, max_width / width)))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def epoch_scales(n: int, scale_range: tuple[float, float], seed: int, epoch: int) -> np.ndarray:
+    """(n,) rescale factors of the training images in `epoch`: a pure function of (seed, epoch)."""
+    low, high = scale_range
+    if low == high:
+        return np.full(n, low)
+    return np.random.default_rng([seed, epoch, 7]).uniform(low, high, n)
+
+
+class ScaledDataset(Dataset):
+    """Items (position, image uint8 (h, w), token ids (L,)) for keys (position, scale)."""
+
+    def __init__(self, base: CacheDataset, max_height: int, max_width: int):
+        self.base, self.max_height, self.max_width = base, max_height, max_width
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, float]) -> tuple[int, np.ndarray, np.ndarray]:
+        position, scale = key
+        i, image, ids = self.base[position]
+        size = scaled_size(*image.shape, scale, self.max_height, self.max_width)
+        if size != image.shape:
+            resized = Image.fromarray(np.ascontiguousarray(image)).resize(size[::-1], Image.Resampling.BILINEAR)
+            image = np.asarray(resized)
+        return i, image, ids
+
+
+class TrainBatches(Sampler[list[tuple[int, float]]]):
+    """This rank's batches of one epoch as lists of (position, scale), from batch `start` on.
+
+    `sampler` is the bucketing sampler over the images' largest sizes; Lightning calls its set_epoch.
+    """
+
+    def __init__(self, sampler: BucketBatchSampler, scale_range: tuple[float, float], seed: int):
+        self.sampler, self.scale_range, self.seed = sampler, scale_range, seed
+        self.start = 0  # batches of the epoch to skip (already trained on before a resume)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def __iter__(self):
+        scales = epoch_scales(len(self.sampler.sizes), self.scale_range, self.seed, self.epoch)
+        for batch in list(self.sampler)[self.start :]:
+            yield [(i, float(scales[i])) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # the whole epoch's length, as Lightning counts batches
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over `TrainBatches` whose position Lightning saves in checkpoints (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch, self._done, self._resume = -1, 0, None
+
+    def __iter__(self):
+        return self._batches()  # a generator: nothing runs until the first batch is asked for
+
+    def _batches(self):
+        batches: TrainBatches = self.batch_sampler
+        resume, self._resume = self._resume, None
+        same_epoch = resume is not None and resume["epoch"] == batches.epoch
+        batches.start = resume["batches_done"] if same_epoch else 0
+        self._epoch, self._done = batches.epoch, batches.start
+        for batch in super().__iter__():
+            self._done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches_done": self._done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
+
+
+def open_split(root: str | Path, split: str) -> Cache:
+    folder = Path(root) / split
+    try:
+        return Cache.open(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def held_out_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, validation positions), both sorted: a fixed random slice of `val_size` images."""
+    if val_size >= n:
+        raise UserError(f"data.val_size {val_size} leaves no training image out of {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+class FinetuneData(L.LightningDataModule):
+    """The train split of a built data folder, less a held-out validation slice; one rank's share of each."""
+
+    def __init__(self, config: DataConfig, seed: int):
+        super().__init__()
+        self.config, self.seed = config, seed
+        self.cache = open_split(config.root, config.train_split)
+        train, val = held_out_split(len(self.cache), config.val_size, config.val_seed)
+        self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)
+        render = self.cache.render_config
+        self.max_height, self.max_width = int(render.get("max_height", 10**9)), int(render.get("max_width", 10**9))
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return self.cache.vocabulary
+
+    def names(self, positions: list[int]) -> list[str]:
+        """Names of training images, from their positions in the training set."""
+        return [self.cache.names[int(self.train_set.indices[p])] for p in positions]
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        c = self.config
+        high = max(c.scale_range)
+        largest = np.array([scaled_size(h, w, high, self.max_height, self.max_width) for h, w in self.train_set.sizes])
+        try:
+            sampler = BucketBatchSampler(largest.reshape(-1, 2), c.pixel_budget, c.max_batch_size, shuffle=True,
+                                         seed=self.seed, rank=rank, world_size=world)
+            plan = BucketBatchSampler(self.val_set.sizes, c.pixel_budget, c.max_batch_size, seed=c.val_seed).plan(0)
+        except ValueError as e:
+            raise UserError(f"data.pixel_budget (sizes at the largest scale, {high}): {e}") from None
+        self.train_batches = TrainBatches(sampler, c.scale_range, self.seed)
+        self.val_batches = plan[rank::world]  # every rank validates its share; counts are summed
+        if len(self.train_batches) == 0:
+            raise UserError(f"no training batch for rank {rank} of {world}: too few images")
+
+    def train_dataloader(self) -> ResumableLoader:
+        dataset = ScaledDataset(self.train_set, self.max_height, self.max_width)
+        return ResumableLoader(dataset, batch_sampler=self.train_batches, collate_fn=collate,
+                               num_workers=self.config.workers, persistent_workers=self.config.workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        workers = min(self.config.workers, 2)
+        return DataLoader(self.val_set, batch_sampler=self.val_batches, collate_fn=collate, num_workers=workers,
+                          persistent_workers=workers > 0)

@@ -1,0 +1,160 @@
+"""The LightningModule of stage 3: wraps an HMERModel with its loss, optimizer, schedule and weight EMA."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskmatch import __version__
+from maskmatch.config import to_dict
+from maskmatch.data.batching import Batch
+from maskmatch.data.vocab import PAD, Vocabulary
+from maskmatch.metrics import canonical
+from maskmatch.model import HMERModel, bidirectional_targets
+from maskmatch.train.config import FinetuneConfig
+from maskmatch.train.ema import EMA
+from maskmatch.train.schedule import ema_decay, lr_factor
+
+CHECKPOINT_FORMAT = 1
+STAGE = "finetune"
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+def bidirectional_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy over the non-PAD targets of both directions.
+
+    logits (2B, L+1, V), targets (2B, L+1) from `bidirectional_targets`:
+    loss = sum_{rows, t: y != PAD} CE_eps(logits[r, t], y[r, t]) / #{y != PAD}, computed in float32.
+    """
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD,
+                           label_smoothing=label_smoothing)
+
+
+class FinetuneModule(L.LightningModule):
+    """Trains `self.model` (an HMERModel) and keeps `self.ema`, the average used for validation and export.
+
+    `total_steps` is the schedule's length; the budget planner fixes it (`planned`) and checkpoints keep it.
+    """
+
+    def __init__(self, config: FinetuneConfig, vocabulary: tuple[str, ...], channels_last: bool = False):
+        super().__init__()
+        self.config = config
+        self.vocabulary = Vocabulary(tuple(vocabulary))
+        self.channels_last = channels_last
+        self.model = HMERModel(config.model)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model)
+        self.total_steps, self.planned = 1, False
+        self.val_exprate, self.val_n = float("nan"), 0
+        self.step_lr = 0.0  # learning rate of the latest training step
+        self._val_counts = [0, 0]  # correct, seen
+
+    # ------------------------------------------------------------------ training
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # dropout draws from a seed that is a pure function of (seed, rank, step): a resumed run repeats them
+        seed = np.random.SeedSequence([self.config.trainer.seed, self.global_rank, self.global_step])
+        torch.manual_seed(int(seed.generate_state(1)[0]))
+
+    def _images(self, batch: Batch) -> torch.Tensor:
+        return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)  # (2B, L+1), (2B, L+1)
+        logits = self.model(self._images(batch), batch.mask, inputs)  # (2B, L+1, V)
+        loss = bidirectional_loss(logits, targets, self.config.optim.label_smoothing)
+        finite = bool(torch.isfinite(loss))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            where = f"step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx}"
+            if finite:
+                raise NonFiniteLoss(f"non-finite loss on another rank at {where})")
+            names = self.trainer.datamodule.names(batch.indices) if self.trainer.datamodule else batch.indices
+            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}: images {shown})")
+        self.step_lr = self.optimizers().param_groups[0]["lr"]
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # global_step still counts the steps before this one here
+        self.ema.update(self.model, ema_decay(self.global_step + 1, self.config.optim.ema_decay))
+
+    # ------------------------------------------------------------------ validation
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = [0, 0]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Greedy decoding with the EMA weights; an expression counts when its canonical tokens match.
+
+        Decoding stops after the longest reference plus 3 steps: a longer output is wrong anyway (and
+        more than 2 edits away), so ExpRate is exactly that of unbounded decoding, at a fraction of an
+        untrained model's cost.
+        """
+        hyps = self.ema.module.greedy(self._images(batch), batch.mask, max_len=int(batch.lengths.max()) + 3)
+        for hyp, row, n in zip(hyps, batch.tokens.tolist(), batch.lengths.tolist()):
+            prediction, reference = self.vocabulary.decode(hyp.ids), self.vocabulary.decode(row[:n])
+            self._val_counts[0] += canonical(prediction) == canonical(reference)
+        self._val_counts[1] += len(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = torch.tensor(self._val_counts, dtype=torch.float64, device=self.device)
+        correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        self.val_exprate, self.val_n = 100.0 * correct / max(seen, 1), int(seen)
+        if not self.trainer.sanity_checking:
+            self.log("val_exprate", self.val_exprate, prog_bar=True, sync_dist=True)  # equal on all ranks already
+
+    # ------------------------------------------------------------------ checkpoints describe themselves
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maskmatch"] = {
+            "format": CHECKPOINT_FORMAT, "stage": STAGE, "maskmatch_version": __version__,
+            "config": to_dict(self.config), "vocabulary": list(self.vocabulary.symbols),
+            "total_steps": self.total_steps, "planned": self.planned,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint_meta(checkpoint)
+        if meta["config"]["model"] != to_dict(self.config.model):
+            raise ValueError("the checkpoint's model config differs from this run's")
+        self.total_steps, self.planned = meta["total_steps"], meta["planned"]
+
+
+def checkpoint_meta(checkpoint: dict) -> dict:
+    """The maskmatch section of a checkpoint, checked: ValueError if it is not a stage-3 checkpoint this code reads."""
+    meta = checkpoint.get("maskmatch")
+    if not isinstance(meta, dict) or meta.get("stage") != STAGE:
+        raise ValueError("not a maskmatch finetune checkpoint")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
+    return meta
+
+
+def ema_model(checkpoint: dict) -> HMERModel:
+    """The EMA weights of a finetune checkpoint as an HMERModel in eval mode."""
+    from maskmatch.config import from_dict
+    from maskmatch.model import ModelConfig
+
+    meta = checkpoint_meta(checkpoint)
+    model = HMERModel(from_dict(ModelConfig, meta["config"]["model"]))
+    prefix = "ema.module."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state, strict=True)
+    return model.eval()

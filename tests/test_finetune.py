@@ -1,0 +1,289 @@
+"""`maskmatch finetune`: schedule, EMA and plan by hand; config errors; an end-to-end tiny run; resume after
+SIGKILL continuing step for step; the time budget. The data is a tiny synthetic cache built here."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskmatch.cli import main
+from maskmatch.data.cache import CacheWriter
+from maskmatch.data.render import RenderConfig
+from maskmatch.data.vocab import Vocabulary
+from maskmatch.train.callbacks import AtomicCheckpointIO, read_log
+from maskmatch.train.config import DataConfig
+from maskmatch.train.data import FinetuneData
+from maskmatch.train.ema import EMA
+from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
+
+EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
+
+
+def glyph(token: int) -> np.ndarray:
+    """A 12x8 'symbol': a frame plus a 3x2 grid of blocks set by the token's low 6 bits."""
+    g = np.zeros((12, 8), np.uint8)
+    g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 255
+    for bit in range(6):
+        if token >> bit & 1:
+            r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
+            g[r : r + 3, c : c + 3] = 255
+    return g
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a busy 2-core machine, two OpenMP threads can run 100 times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A built-data folder whose train split holds 48 expressions of 2-5 glyphs, 24 px high."""
+    root = tmp_path_factory.mktemp("data")
+    vocab = Vocabulary.load()
+    ids = vocab.encode(list("0123456789abcdefxyz"))
+    rng = np.random.default_rng(0)
+    writer = CacheWriter(root / "train" / "cache", vocab.symbols, asdict(RenderConfig()))
+    for k in range(48):
+        seq = rng.choice(ids, rng.integers(2, 6)).tolist()
+        image = np.zeros((24, 10 * len(seq) + 6), np.uint8)
+        top = rng.integers(2, 10)
+        for i, t in enumerate(seq):
+            image[top : top + 12, 3 + 10 * i : 11 + 10 * i] = glyph(t)
+        writer.add(f"e{k:03d}", image, seq)
+    writer.close()
+    return root
+
+
+def finetune_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--preset", "tiny", "--set", f"data.root={root}", "--set", f"trainer.max_epochs={EPOCHS}",
+            "--out", str(out), "--quiet", *extra]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Training loss by step; a resumed run's repeated steps keep their last value."""
+    return {r["step"]: r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    assert main(finetune_args(data_root, out)) == 0
+    return out
+
+
+# ---------------------------------------------------------------- pure pieces, by hand
+
+
+def test_lr_schedule_against_hand_values():
+    # warm-up 4 steps, 12 in all, floor 0.1: (s + 1) / 4, then 0.1 + 0.9 * (1 + cos(pi * (s - 4) / 8)) / 2
+    expected = {0: 0.25, 1: 0.5, 3: 1.0, 4: 1.0, 6: 0.1 + 0.45 * (1 + math.sqrt(0.5)), 8: 0.55, 12: 0.1, 50: 0.1}
+    for step, value in expected.items():
+        assert lr_factor(step, 4, 12, 0.1) == pytest.approx(value), step
+    assert lr_factor(0, 0, 12, 0.0) == 1.0 and lr_factor(0, 4, 1, 0.1) == lr_factor(0, 4, 10**6, 0.1)
+
+
+def test_ema_decay_warms_up():
+    assert ema_decay(1, 0.999) == pytest.approx(2 / 11)
+    assert ema_decay(90, 0.999) == pytest.approx(91 / 100)
+    assert ema_decay(100_000, 0.999) == 0.999
+
+
+def test_ema_update_against_hand_computation():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = EMA(model)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+    model.train()(torch.randn(8, 2))  # moves BatchNorm's running statistics, counts one batch
+    ema.update(model, decay=0.75)
+    after, now = ema.module.state_dict(), model.state_dict()
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"):
+        assert torch.allclose(after[key], 0.75 * before[key] + 0.25 * now[key]), key
+    assert after["1.num_batches_tracked"] == 1  # integers are copied
+    assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_plan_against_hand_values():
+    # 100 steps/epoch at 0.25 s, 2 checkpoints of 12.5 s (0.25 s a step), 5 s per epoch end: an epoch is 55 s.
+    # At step 30 with 200 s left, finishing epoch 0 costs 70 * 0.5 + 5 = 40 s; (200 - 40) // 55 = 2 more epochs.
+    plan = dict(global_step=30, epoch=0, batch_in_epoch=30, steps_per_epoch=100, step_seconds=0.25,
+                end_seconds=5.0, save_seconds=12.5, saves_per_epoch=2)
+    assert plan_total_steps(time_left=200, max_epochs=50, **plan) == 300
+    assert plan_total_steps(time_left=200, max_epochs=2, **plan) == 200
+    # 30 s left cannot finish the epoch: stop inside it, after (30 - 5) // 0.5 = 50 more steps
+    assert plan_total_steps(time_left=30, max_epochs=50, **plan) == 80
+    assert plan_total_steps(time_left=1, max_epochs=50, **plan) == 31  # at least one step
+
+
+def test_batches_keep_the_pixel_budget_at_every_scale(data_root):
+    config = DataConfig(root=str(data_root), val_size=8, pixel_budget=9000, max_batch_size=8, workers=0,
+                        scale_range=(0.7, 1.3))
+    data = FinetuneData(config, seed=0)
+    data.setup()
+    heights = set()
+    for epoch in range(3):
+        data.train_batches.sampler.set_epoch(epoch)
+        for batch in data.train_dataloader():
+            heights |= {int((~batch.mask[b]).any(1).sum()) for b in range(len(batch))}
+            assert len(batch) * batch.images.shape[2] * batch.images.shape[3] <= config.pixel_budget
+    assert min(heights) < 20 and max(heights) > 28  # 24 px images, rescaled from 0.7 to 1.3
+    assert sum(len(b) for b in data.val_dataloader()) == 8
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    """A write that fails half-way leaves the previous checkpoint whole and no temporary file behind."""
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(Exception):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: None}, path)  # fails while pickling
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_loader_takes_lightnings_epoch_and_skips_what_was_trained_on(data_root):
+    from lightning.fabric.utilities.data import _set_sampler_epoch  # what Lightning calls before each epoch
+
+    data = FinetuneData(DataConfig(root=str(data_root), val_size=8, pixel_budget=9000, workers=0), seed=0)
+    data.setup()
+    order = {}
+    for epoch in (1, 2):
+        loader = data.train_dataloader()
+        _set_sampler_epoch(loader, epoch)
+        order[epoch] = [batch.indices for batch in loader]
+        assert loader.state_dict() == {"epoch": epoch, "batches_done": len(order[epoch])}
+    assert order[1] != order[2]  # a new order each epoch
+    resumed = data.train_dataloader()
+    resumed.load_state_dict({"epoch": 2, "batches_done": 3})
+    _set_sampler_epoch(resumed, 2)
+    assert [batch.indices for batch in resumed] == order[2][3:]
+    _set_sampler_epoch(resumed, 3)  # the next epoch starts at its beginning
+    assert len(list(resumed)) == len(resumed)
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("data.bogus=1", "config.data: unknown key 'bogus'"),
+    ("optim.lr=fast", "config.optim.lr: expected float, got 'fast'"),
+    ("trainer.precision=16", "config.trainer.precision: expected str, got 16"),
+    ("trainer.precision=fp8", "precision 'fp8' must be one of 32, bf16-mixed"),
+])
+def test_config_errors_are_one_line(assignment, message, tmp_path, capsys):
+    assert main(["finetune", "--preset", "tiny", "--set", assignment, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_config_file_errors_are_one_line(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  d_model: 64\nschedule:\n  steps: 3\n")
+    assert main(["finetune", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key 'schedule'" in err
+
+
+def test_tiny_preset_trains_end_to_end(reference_run):
+    for name in ("config.yaml", "log.jsonl", "curves.png", "best.ckpt", "last.ckpt"):
+        assert (reference_run / name).is_file(), name
+    assert (reference_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = read_log(reference_run / "log.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    # the logged learning rate is the schedule's (warm-up 5, cosine to 1% over 40 steps, peak 3e-3)
+    assert all(r["lr"] == pytest.approx(3e-3 * lr_factor(r["step"] - 1, 5, 40, 0.01)) for r in steps)
+    assert all(r["images_per_s"] > 0 and r["elapsed_s"] > 0 for r in steps)
+    assert np.mean([r["loss"] for r in steps[-5:]]) < np.mean([r["loss"] for r in steps[:5]]) - 1.0
+    validations = [r for r in records if "val_exprate" in r and "event" not in r]
+    assert [r["step"] for r in validations] == [10, 20, 30, 40] and all(r["val_n"] == 8 for r in validations)
+
+    checkpoint = torch.load(reference_run / "last.ckpt", map_location="cpu", weights_only=True)
+    meta = checkpoint["maskmatch"]  # checkpoints describe themselves
+    assert meta["stage"] == "finetune" and meta["format"] == 1 and meta["total_steps"] == 40
+    assert meta["config"]["model"]["d_model"] == 64 and meta["vocabulary"] == list(Vocabulary.load().symbols)
+    assert checkpoint["global_step"] == 40
+
+    pytest.importorskip("maskmatch.weights")
+    from maskmatch.weights import load_weights
+
+    model, manifest = load_weights(reference_run / "model.safetensors")
+    best = torch.load(reference_run / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, best[f"ema.module.{key}"]), key  # the exported model is best.ckpt's EMA
+    assert manifest["metrics"]["validation"]["exprate"] == max(r["val_exprate"] for r in validations)
+    assert manifest["command"].startswith("maskmatch finetune")
+
+
+def test_a_run_killed_mid_epoch_resumes_step_for_step(data_root, reference_run, tmp_path):
+    """SIGKILL after a mid-epoch checkpoint of epoch 1, with a data-loader worker; the resumed run repeats
+    the uninterrupted one exactly: same steps, same batches (same losses), same final weights."""
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "maskmatch", *finetune_args(data_root, run, "--set", "data.workers=1")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        saved = [r for r in read_log(run / "log.jsonl") if r.get("event") == "checkpoint"]
+        if any(r["step"] > STEPS_PER_EPOCH and r["step"] % STEPS_PER_EPOCH for r in saved):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    stderr = process.communicate()[1].decode()
+    assert process.returncode == -signal.SIGKILL, f"not killed mid-run (exit {process.returncode}): {stderr[-500:]}"
+    resumed_from = [r for r in read_log(run / "log.jsonl") if r.get("event") == "checkpoint"][-1]["step"]
+    assert STEPS_PER_EPOCH < resumed_from < EPOCHS * STEPS_PER_EPOCH
+
+    assert main(["finetune", "--out", str(run), "--resume", "--quiet", "--set", "data.workers=1"]) == 0
+    starts = [r for r in read_log(run / "log.jsonl") if r.get("event") == "start"]
+    assert [r["step"] for r in starts] == [0, resumed_from]  # continued, not restarted from 0
+    assert starts[1]["planned_steps"] == EPOCHS * STEPS_PER_EPOCH
+    expected, got = losses(reference_run), losses(run)
+    assert sorted(got) == sorted(expected) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert all(got[s] == pytest.approx(expected[s], rel=1e-5) for s in expected), "data order or state diverged"
+    a = torch.load(reference_run / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert b["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    for key, value in a["state_dict"].items():  # model and EMA
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+
+
+def test_resume_refuses_to_change_what_is_learned(reference_run, capsys):
+    assert main(["finetune", "--out", str(reference_run), "--resume", "--set", "optim.lr=0.1"]) == 2
+    assert "optim.lr cannot change" in capsys.readouterr().err
+    assert main(["finetune", "--preset", "tiny", "--out", str(reference_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_naming_step_and_batch(data_root, tmp_path, capsys):
+    assert main(finetune_args(data_root, tmp_path / "run", "--set", "optim.lr=1.0e+30")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite loss" in err
+    assert "at step 2 (epoch 0, batch 1: images e0" in err  # the first step's huge update breaks the second
+
+
+def test_time_budget_plans_the_run_and_ends_in_time(data_root, tmp_path):
+    budget, run = 12.0, tmp_path / "budget"
+    start = time.monotonic()
+    assert main(finetune_args(data_root, run, "--set", "trainer.max_epochs=1000", "--time-budget", str(budget))) == 0
+    wall = time.monotonic() - start
+    assert wall < budget + 1.0  # the command's own clock starts a few milliseconds after ours
+    records = read_log(run / "log.jsonl")
+    [plan] = [r for r in records if r.get("event") == "plan"]
+    last_step = max(r["step"] for r in records if "loss" in r)
+    assert 0.5 * plan["planned_steps"] <= last_step <= plan["planned_steps"] < 1000 * STEPS_PER_EPOCH
+    checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == last_step and checkpoint["maskmatch"]["total_steps"] == plan["planned_steps"]
+    assert (run / "best.ckpt").is_file()

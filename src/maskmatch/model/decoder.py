@@ -2,7 +2,8 @@
 
 The direction is told by the first input token only: SOS starts a left-to-right sequence, EOS a
 right-to-left one. Layers cache their self-attention keys and values, so decoding one token costs one
-step, and the memory's cross-attention keys and values are computed once per image.
+step, and the memory's cross-attention keys and values are computed once per image: the rows that decode
+one image (its beams) share them, their queries attending together in one call (`DecoderCache.group`).
 """
 
 from __future__ import annotations
@@ -43,21 +44,48 @@ def bidirectional_targets(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[
 
 @dataclass
 class DecoderCache:
-    memory_kv: list[KV]  # per layer: cross-attention keys and values of the memory (N, nhead, S, hd)
-    memory_mask: torch.Tensor  # (N, 1, 1, S) bool, True on cells that may be attended
+    """Keys and values of N sequences decoded over E = N / group memories (images): rows n*group ..
+    n*group + group-1 read memory entry n (group 1: one image per row; in beam search, an image's beams)."""
+
+    memory_kv: list[KV]  # per layer: cross-attention keys and values of the memory (E, nhead, S, hd)
+    memory_mask: torch.Tensor | None  # (E, 1, 1, S) bool, True on cells that may be attended; None: all cells
     self_kv: list[KV | None]  # per layer: self-attention keys and values of tokens so far (N, nhead, t, hd)
     length: int = 0  # tokens decoded so far: the position of the next one
+    group: int = 1  # rows per memory entry
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Row i takes the token history of row rows[i] (N,). The memory is not moved: every row must keep an
-        image identical to its source row's (true in beam search, where beams of one image swap)."""
+    def reorder(self, rows: torch.Tensor, group: int | None = None) -> None:
+        """Row i takes the token history of row rows[i] (N',). N' may differ from N (an image's one start row
+        becoming its K beams): `group` is then the new number of rows per memory entry. The memory is not
+        moved: row i must read the same entry as row rows[i] (true in beam search, where beams of one image swap)."""
         self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
+        self.group = group or self.group
 
     def repeat_interleave(self, k: int) -> "DecoderCache":
-        """Each row repeated k times in place (row b becomes rows b*k .. b*k+k-1)."""
-        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
-        return DecoderCache([(rep(a), rep(b)) for a, b in self.memory_kv], rep(self.memory_mask),
-                            [None if kv is None else (rep(kv[0]), rep(kv[1])) for kv in self.self_kv], self.length)
+        """Each row repeated k times in place (row b becomes rows b*k .. b*k+k-1); the memory is shared, not copied."""
+        rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731
+        return DecoderCache(self.memory_kv, self.memory_mask,
+                            [None if kv is None else (rep(kv[0]), rep(kv[1])) for kv in self.self_kv],
+                            self.length, self.group * k)
+
+    def select(self, entries: torch.Tensor) -> "DecoderCache":
+        """Only memory entries `entries` (E',) and their rows, in that order (beam search drops finished images)."""
+        rows = (entries[:, None] * self.group + torch.arange(self.group, device=entries.device)).flatten()
+        return DecoderCache([(k[entries], v[entries]) for k, v in self.memory_kv],
+                            None if self.memory_mask is None else self.memory_mask[entries],
+                            [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv],
+                            self.length, self.group)
+
+    def for_entries(self, owners: list[int]) -> "DecoderCache":
+        """An empty cache (no tokens yet) for len(owners) new rows, row i reading memory entry owners[i] of this
+        one (e.g. an image's candidates, rescored). Grouped, not copied per row, when owners come in equal runs."""
+        group = len(owners) // len(set(owners)) if owners else 1
+        entries = owners[::group]
+        if owners != [e for e in entries for _ in range(group)]:
+            entries, group = owners, 1
+        index = torch.tensor(entries, dtype=torch.long, device=self.memory_kv[0][0].device)
+        return DecoderCache([(k[index], v[index]) for k, v in self.memory_kv],
+                            None if self.memory_mask is None else self.memory_mask[index],
+                            [None] * len(self.self_kv), 0, group)
 
 
 class Attention(nn.Module):
@@ -76,11 +104,13 @@ class Attention(nn.Module):
         return k, v
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+                causal: bool = False, group: int = 1) -> torch.Tensor:
+        """x (N, T, d) queries; k, v (N / group, nh, S, hd): each run of `group` rows of x reads one set, its
+        group * T queries attending in one call (each query's attention is its own, so this changes nothing)."""
         N, T, d = x.shape
-        q = self.q(x).view(N, T, self.nhead, d // self.nhead).transpose(1, 2)  # (N, nh, T, hd)
+        q = self.q(x).view(N // group, group * T, self.nhead, d // self.nhead).transpose(1, 2)  # (N/g, nh, gT, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (N, nh, T, hd)
+                                           dropout_p=self.dropout if self.training else 0.0)  # (N/g, nh, gT, hd)
         return self.out(y.transpose(1, 2).reshape(N, T, d))  # (N, T, d)
 
 
@@ -101,10 +131,10 @@ class DecoderLayer(nn.Module):
     def _residual(self, x: torch.Tensor, y: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         return x + self.drop(y) if self.norm_first else norm(x + self.drop(y))
 
-    def forward(self, x: torch.Tensor, memory_kv: KV, memory_mask: torch.Tensor,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        """x (N, T, d) at positions t..t+T-1, past keys/values (N, nh, t, hd) or None (t = 0)
-        -> x (N, T, d), self-attention keys/values (N, nh, t+T, hd)."""
+    def forward(self, x: torch.Tensor, memory_kv: KV, memory_mask: torch.Tensor | None,
+                past: KV | None = None, group: int = 1) -> tuple[torch.Tensor, KV]:
+        """x (N, T, d) at positions t..t+T-1, past keys/values (N, nh, t, hd) or None (t = 0), memory
+        keys/values (N / group, nh, S, hd) -> x (N, T, d), self-attention keys/values (N, nh, t+T, hd)."""
         T = x.shape[1]
         h = self.norm1(x) if self.norm_first else x
         k, v = self.self_attn.keys_values(h)  # (N, nh, T, hd)
@@ -116,7 +146,7 @@ class DecoderLayer(nn.Module):
                 mask = torch.ones(T, t + T, dtype=torch.bool, device=x.device).tril(t)  # (T, t+T)
         x = self._residual(x, self.self_attn(h, k, v, attn_mask=mask, causal=causal), self.norm1)
         h = self.norm2(x) if self.norm_first else x
-        x = self._residual(x, self.cross_attn(h, *memory_kv, attn_mask=memory_mask), self.norm2)
+        x = self._residual(x, self.cross_attn(h, *memory_kv, attn_mask=memory_mask, group=group), self.norm2)
         h = self.norm3(x) if self.norm_first else x
         x = self._residual(x, self.ffn(h), self.norm3)
         return x, (k, v)
@@ -133,23 +163,32 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size)
+        self._positions: torch.Tensor | None = None  # a cache of position encodings, not a buffer (nor saved)
+
+    def positions(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """Position encodings of start..stop-1 (T, d), from a table computed once per device (decoding asks for
+        one position a step)."""
+        table = self._positions
+        if table is None or table.device != device or len(table) < stop:
+            table = sinusoid(torch.arange(max(stop, self.config.max_len + 1), device=device), self.config.d_model,
+                             self.config.pos_temperature)
+            self._positions = table
+        return table[start:stop]
 
     def init_cache(self, features: torch.Tensor, feature_mask: torch.Tensor) -> DecoderCache:
         """features (N, h, w, d), feature_mask (N, h, w) True on padding -> an empty cache for N sequences."""
         memory = features.flatten(1, 2)  # (N, S, d)
         memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.layers]
-        attend = ~feature_mask.flatten(1)[:, None, None, :]  # (N, 1, 1, S)
+        attend = None if not feature_mask.any() else ~feature_mask.flatten(1)[:, None, None, :]  # (N, 1, 1, S)
         return DecoderCache(memory_kv, attend, [None] * len(self.layers))
 
     def decode(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """tokens (N, T) following the cache's tokens -> logits (N, T, V); the cache takes them in."""
-        T = tokens.shape[1]
-        positions = torch.arange(cache.length, cache.length + T, device=tokens.device)  # (T,)
-        pos = sinusoid(positions, self.config.d_model, self.config.pos_temperature)  # (T, d)
-        x = self.embed_norm(self.embed(tokens)) + pos  # (N, T, d)
+        start, stop = cache.length, cache.length + tokens.shape[1]
+        x = self.embed_norm(self.embed(tokens)) + self.positions(start, stop, tokens.device)  # (N, T, d)
         for i, layer in enumerate(self.layers):
-            x, cache.self_kv[i] = layer(x, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i])
-        cache.length += T
+            x, cache.self_kv[i] = layer(x, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i], cache.group)
+        cache.length = stop
         return self.head(self.final_norm(x))  # (N, T, V)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:

@@ -31,52 +31,96 @@ class Hypothesis:
     score: float  # ranking score, see the module docstring
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor, max_len: int) -> list[Hypothesis]:
-    """features (B, h, w, d), feature_mask (B, h, w) -> B hypotheses, the arg-max token at each step."""
+    """features (B, h, w, d), feature_mask (B, h, w) -> B hypotheses, the arg-max token at each step.
+    A row that emits EOS leaves the batch: the others decode on without it."""
     B = features.shape[0]
     cache = decoder.init_cache(features, feature_mask)
     tokens = torch.full((B,), SOS, dtype=torch.long, device=features.device)
     out = torch.full((B, max_len), PAD, dtype=torch.long, device=features.device)
     length = torch.full((B,), max_len, dtype=torch.long, device=features.device)  # tokens before EOS
     total = torch.zeros(B, device=features.device)
-    done = torch.zeros(B, dtype=torch.bool, device=features.device)
+    rows = torch.arange(B, device=features.device)  # (A,) the images still decoding, in the cache's order
     for t in range(max_len):
-        best, tokens = next_logprobs(decoder, tokens, cache).max(-1)  # (B,), (B,)
-        total += best.masked_fill(done, 0.0)
-        out[:, t] = tokens
-        ends = ~done & (tokens == EOS)
-        length[ends] = t
-        done |= ends
-        if done.all():
-            break
+        best, tokens = next_logprobs(decoder, tokens, cache).max(-1)  # (A,), (A,)
+        total[rows] += best
+        out[rows, t] = tokens
+        ends = tokens == EOS  # (A,)
+        if ends.any():
+            length[rows[ends]] = t
+            live = (~ends).nonzero()[:, 0]
+            if not len(live):
+                break
+            rows, tokens, cache = rows[live], tokens[live], cache.select(live)
     return [Hypothesis(row[:n], s / (n + 1)) for row, n, s in zip(out.tolist(), length.tolist(), total.tolist())]
 
 
-@torch.no_grad()
+def _token_rows(ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids -> tokens (M, L) PAD-padded, lengths (M,)."""
+    M, L = len(ids), max((len(s) for s in ids), default=0)
+    tokens = torch.full((M, L), PAD, dtype=torch.long, device=device)
+    for m, s in enumerate(ids):
+        tokens[m, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return tokens, torch.tensor([len(s) for s in ids], dtype=torch.long, device=device)
+
+
+@torch.inference_mode()
 def sequence_logprob(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor,
                      ids: list[list[int]], direction: str) -> torch.Tensor:
     """Teacher-forced log-prob of each sequence, features (M, h, w, d) for ids[m] -> (M,).
     'l2r' scores t1..tn, EOS; 'r2l' scores tn..t1, SOS; PAD and the start token are excluded from the softmax."""
-    M, L = len(ids), max((len(s) for s in ids), default=0)
-    tokens = torch.full((M, L), PAD, dtype=torch.long, device=features.device)
-    for m, s in enumerate(ids):
-        tokens[m, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    lengths = torch.tensor([len(s) for s in ids], dtype=torch.long, device=features.device)
+    return cached_sequence_logprob(decoder, decoder.init_cache(features, feature_mask), ids, direction)
+
+
+@torch.inference_mode()
+def cached_sequence_logprob(decoder: Decoder, cache: DecoderCache, ids: list[list[int]], direction: str) -> torch.Tensor:
+    """`sequence_logprob` over an empty cache whose row m reads the memory of ids[m] (the memory keys and
+    values of beam search, reused: see `DecoderCache.for_entries`) -> (M,)."""
+    M = len(ids)
+    tokens, lengths = _token_rows(ids, cache.memory_kv[0][0].device)
     inputs, targets = bidirectional_targets(tokens, lengths)  # (2M, L+1)
     half = slice(0, M) if direction == "l2r" else slice(M, 2 * M)
     inputs, targets = inputs[half], targets[half]  # (M, L+1)
-    logits = decoder(features, feature_mask, inputs)  # (M, L+1, V)
+    logits = decoder.decode(inputs, cache)  # (M, L+1, V)
     logits[..., [PAD, SOS if direction == "l2r" else EOS]] = float("-inf")  # never emitted: as in decoding
     logp = logits.log_softmax(-1)  # (M, L+1, V)
     picked = logp.gather(2, targets[..., None])[..., 0]  # (M, L+1)
     return picked.masked_fill(targets == PAD, 0.0).sum(1)  # (M,)
 
 
-@torch.no_grad()
+@torch.inference_mode()
+def r2l_logprob_of_contenders(decoder: Decoder, memory: DecoderCache, owner: list[int], ids: list[list[int]],
+                              total: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The r2l log-prob of each candidate that can still win its image (M,), -inf for the others.
+
+    Candidate m of image owner[m] (memory entry) has l2r sum total[m] and divisor steps[m]. A log-prob is
+    at most 0, so (total + r2l) / steps <= total / steps: each image's l2r-best candidate is rescored
+    first, then only the candidates whose l2r score reaches the best rescored one (ties included). The
+    winner is the same as when every candidate is rescored; it just skips those that cannot win.
+    """
+    bound = (total / steps).tolist()
+    first: dict[int, int] = {}  # image -> its l2r-best candidate
+    for m, b in enumerate(owner):
+        if b not in first or bound[m] > bound[first[b]]:
+            first[b] = m
+    r2l = torch.full_like(total, float("-inf"))
+
+    def score(rows: list[int]) -> None:
+        if rows:
+            cache = memory.for_entries([owner[m] for m in rows])
+            r2l[rows] = cached_sequence_logprob(decoder, cache, [ids[m] for m in rows], "r2l")
+
+    score(sorted(first.values()))
+    best = ((total + r2l) / steps).tolist()
+    score([m for m, b in enumerate(owner) if m != first[b] and bound[m] >= best[first[b]]])
+    return r2l
+
+
+@torch.inference_mode()
 def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor, beam_size: int, max_len: int,
                 length_penalty: float = 1.0, rescore: bool = True) -> list[Hypothesis]:
-    """Left-to-right beam search of all images at once (B * beam_size rows), then optional r2l rescoring.
+    """Left-to-right beam search of all images at once (up to B * beam_size rows), then optional r2l rescoring.
 
     Each step, the 2K best extensions of an image's K beams are ranked; those among the first K that end
     in EOS are offered to the image's pool of K finished hypotheses (a better one evicts the worst), and
@@ -84,16 +128,21 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
     least the best live beam's sum divided by the same step count (Hugging Face's rule, CoMER's scorer);
     for K = 1 this stops at greedy's EOS, so the result is greedy's. At max_len the live beams of images
     not yet done are offered too. The best pooled candidate by (rescored) score wins.
+
+    Cost: an image starts with one row (its one live beam, SOS) and has K from the second step on; a done
+    image's rows leave the batch. The memory's keys and values are computed once per image, shared by its
+    beams, and reused by the rescoring, which skips the candidates that cannot win.
     """
     B, K, device = features.shape[0], beam_size, features.device
-    cache = decoder.init_cache(features, feature_mask).repeat_interleave(K)  # image b owns rows b*K .. b*K+K-1
-    scores = torch.full((B, K), float("-inf"), device=device)  # sum of log-probs of each live beam
-    scores[:, 0] = 0.0  # one live beam at the start: the others would repeat it
-    tokens = torch.full((B * K,), SOS, dtype=torch.long, device=device)
-    seqs = torch.empty((B * K, 0), dtype=torch.long, device=device)  # (B*K, t) tokens of each live beam
+    memory = decoder.init_cache(features, feature_mask)  # the images' memory keys and values, kept for rescoring
+    cache = memory.for_entries(list(range(B)))  # one row per image to start: its one live beam, SOS
+    scores = torch.zeros((B, 1), device=device)  # (A, k) sum of log-probs of each live beam, k = 1 then K
+    tokens = torch.full((B,), SOS, dtype=torch.long, device=device)  # (A*k,)
+    seqs = torch.empty((B, 0), dtype=torch.long, device=device)  # (A*k, t) tokens of each live beam
+    active = list(range(B))  # the images still searching, in the order of the live rows
     pools: list[list[tuple[list[int], float, float]]] = [[] for _ in range(B)]  # (ids, sum, normalized sum)
     done = [False] * B
-    base = torch.arange(B, device=device)[:, None] * K  # (B, 1)
+    k = 1  # live beams per image: 1 at the start, then K
 
     def offer(b: int, ids: list[int], total: float) -> None:
         entry, pool = (ids, total, total / (len(ids) + 1) ** length_penalty), pools[b]
@@ -105,38 +154,45 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
             pool[worst] = entry
 
     for t in range(max_len):
-        logp = next_logprobs(decoder, tokens, cache)  # (B*K, V)
+        A = scores.shape[0]
+        logp = next_logprobs(decoder, tokens, cache)  # (A*k, V)
         V = logp.shape[1]
-        top, index = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V).topk(min(2 * K, K * V), dim=1)
-        beam, token = index // V, index % V  # (B, 2K)
-        ends = token == EOS  # (B, 2K)
-        for b, j in ends[:, :K].nonzero().tolist():
-            if not done[b] and top[b, j] > float("-inf"):
-                offer(b, seqs[b * K + beam[b, j]].tolist(), top[b, j].item())
-        keep = torch.argsort(ends.to(torch.int8), dim=1, stable=True)[:, :K]  # (B, K) the K best non-EOS
-        scores, tokens = top.gather(1, keep), token.gather(1, keep).view(-1)  # (B, K), (B*K,)
-        rows = (base + beam.gather(1, keep)).view(-1)  # (B*K,) where each new beam came from
-        seqs = torch.cat((seqs[rows], tokens[:, None]), dim=1)  # (B*K, t+1)
-        cache.reorder(rows)
-        bound = (scores.max(1).values / (t + 1) ** length_penalty).tolist()  # (B,) best live, normalized
-        done = [d or (len(p) == K and min(e[2] for e in p) >= x) for d, p, x in zip(done, pools, bound)]
-        if all(done):
+        top, index = (scores[:, :, None] + logp.view(A, k, V)).view(A, k * V).topk(min(2 * K, k * V), dim=1)
+        beam, token = index // V, index % V  # (A, 2K)
+        ends = token == EOS  # (A, 2K)
+        for i, j in ends[:, :K].nonzero().tolist():
+            if top[i, j] > float("-inf"):
+                offer(active[i], seqs[i * k + beam[i, j]].tolist(), top[i, j].item())
+        keep = torch.argsort(ends.to(torch.int8), dim=1, stable=True)[:, :K]  # (A, K) the K best non-EOS
+        scores, tokens = top.gather(1, keep), token.gather(1, keep).view(-1)  # (A, K), (A*K,)
+        rows = (torch.arange(A, device=device)[:, None] * k + beam.gather(1, keep)).view(-1)  # (A*K,) sources
+        seqs = torch.cat((seqs[rows], tokens[:, None]), dim=1)  # (A*K, t+1)
+        k = scores.shape[1]  # K, or fewer if the vocabulary is tiny
+        cache.reorder(rows, group=k)
+        bound = (scores.max(1).values / (t + 1) ** length_penalty).tolist()  # (A,) best live, normalized
+        for b, x in zip(active, bound):
+            done[b] = len(pools[b]) == K and min(e[2] for e in pools[b]) >= x
+        searching = [i for i, b in enumerate(active) if not done[b]]
+        if not searching:
             break
+        if len(searching) < A:  # done images leave: their beams can no longer win
+            live = torch.tensor(searching, device=device)
+            rows = (live[:, None] * k + torch.arange(k, device=device)).view(-1)  # (A'*K,)
+            active, scores, tokens, seqs = [active[i] for i in searching], scores[live], tokens[rows], seqs[rows]
+            cache = cache.select(live)
     live_scores = scores.tolist()
-    for b in range(B):
+    for i, b in enumerate(active):
         if not done[b]:  # cut off at max_len: live beams are candidates too
-            for k, total in enumerate(live_scores[b]):
+            for j, total in enumerate(live_scores[i]):
                 if total > float("-inf"):
-                    offer(b, seqs[b * K + k].tolist(), total)
-    finished = [[(ids, total) for ids, total, _ in pool] for pool in pools]
-    owner = [b for b in range(B) for _ in finished[b]]
-    ids = [c[0] for f in finished for c in f]
-    total = torch.tensor([c[1] for f in finished for c in f], device=device)  # (M,)
+                    offer(b, seqs[i * k + j].tolist(), total)
+    owner = [b for b in range(B) for _ in pools[b]]
+    ids = [entry[0] for pool in pools for entry in pool]
+    total = torch.tensor([entry[1] for pool in pools for entry in pool], device=device)  # (M,)
+    steps = torch.tensor([len(s) + 1 for s in ids], dtype=torch.float, device=device) ** length_penalty  # (M,)
     if rescore and ids:
-        rows = torch.tensor(owner, device=device)
-        total = total + sequence_logprob(decoder, features[rows], feature_mask[rows], ids, "r2l")
-    steps = torch.tensor([len(s) + 1 for s in ids], dtype=torch.float, device=device)
-    final = (total / steps**length_penalty).tolist()
+        total = total + r2l_logprob_of_contenders(decoder, memory, owner, ids, total, steps)
+    final = (total / steps).tolist()
     best: list[Hypothesis | None] = [None] * B
     for b, s, f in zip(owner, ids, final):
         if best[b] is None or f > best[b].score:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -28,3 +29,14 @@ def read_members(archive: Path, names: list[str]) -> dict[str, bytes]:
                 found[member.name.removeprefix("crohme/")] = tar.extractfile(member).read()
     assert set(found) == set(names), f"missing from archive: {set(names) - set(found)}"
     return found
+
+
+def glyph(token: int) -> np.ndarray:
+    """A 12x8 uint8 'symbol' (ink 255): a frame plus a 3x2 grid of blocks set by the token's low 6 bits."""
+    g = np.zeros((12, 8), np.uint8)
+    g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 255
+    for bit in range(6):
+        if token >> bit & 1:
+            r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
+            g[r : r + 3, c : c + 3] = 255
+    return g

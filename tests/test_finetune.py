@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import glyph
+
 from maskmatch.cli import main
 from maskmatch.data.cache import CacheWriter
 from maskmatch.data.render import RenderConfig
@@ -25,17 +27,6 @@ from maskmatch.train.ema import EMA
 from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
-
-
-def glyph(token: int) -> np.ndarray:
-    """A 12x8 'symbol': a frame plus a 3x2 grid of blocks set by the token's low 6 bits."""
-    g = np.zeros((12, 8), np.uint8)
-    g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 255
-    for bit in range(6):
-        if token >> bit & 1:
-            r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
-            g[r : r + 3, c : c + 3] = 255
-    return g
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,6 +5,8 @@ import io
 import pytest
 import torch
 
+from conftest import glyph
+
 from maskmatch.data.vocab import EOS, PAD, SOS
 from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets, search
 from maskmatch.model.config import STRIDE
@@ -12,17 +14,6 @@ from maskmatch.model.encoder import Encoder
 
 SEQUENCES = [[5, 9, 14], [20, 5, 33, 9], [41, 14, 14, 52, 20], [60, 33, 5, 71, 9, 41]]  # token ids, lengths 3-6
 SIZES = [(32, 40), (32, 52), (40, 60), (32, 64)]  # (H, W) of each image
-
-
-def glyph(token: int) -> torch.Tensor:
-    """A 12x8 'symbol': a frame plus a 3x2 grid of blocks set by the token's low 6 bits."""
-    g = torch.zeros(12, 8)
-    g[0, :] = g[-1, :] = g[:, 0] = g[:, -1] = 1.0
-    for bit in range(6):
-        if token >> bit & 1:
-            r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
-            g[r : r + 3, c : c + 3] = 1.0
-    return g
 
 
 def synthetic_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,7 +25,7 @@ def synthetic_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
         mask[b, :h, :w] = False
         top = (h - 12) // 2 + b % 2  # vertical jitter
         for i, t in enumerate(seq):
-            images[b, 0, top : top + 12, 2 + 10 * i : 10 + 10 * i] = glyph(t)
+            images[b, 0, top : top + 12, 2 + 10 * i : 10 + 10 * i] = torch.from_numpy(glyph(t)).float() / 255
         tokens[b, : len(seq)] = torch.tensor(seq)
     return images, mask, tokens, torch.tensor([len(s) for s in SEQUENCES])
 

@@ -189,7 +189,7 @@ def decode(model, images, mask, beam: int, tokens: int | None) -> dict:
     max_len = model.config.max_len if tokens is None else max(model.config.max_len, tokens + 1)
     with torch.inference_mode(), instrumented(model.decoder, tokens) as counters:
         start = time.perf_counter()
-        features, feature_mask = model.encoder(images, mask)
+        features, feature_mask = model.encode(images, mask)
         encoded = time.perf_counter()
         if beam == 1:
             hyps = search.greedy(model.decoder, features, feature_mask, max_len)
@@ -220,7 +220,7 @@ def count_flops(model, image, mask, beam: int, tokens: int | None) -> dict:
     out = {}
     with torch.inference_mode(), instrumented(model.decoder, tokens):
         with counter() as c:
-            features, feature_mask = model.encoder(image, mask)
+            features, feature_mask = model.encode(image, mask)
         out["encoder"] = c.get_total_flops()
         for name, k in (("greedy", 1), ("beam", beam)):
             with counter() as c:

@@ -31,7 +31,7 @@ class HMERModel(nn.Module):
         """images (B, 1, H, W), mask (B, H, W), tokens_in (rB, L) with r = 1 or 2 -> logits (rB, L, V).
         With r = 2 the features are repeated: rows 0..B-1 and B..2B-1 of tokens_in both read images 0..B-1,
         which is the layout of `bidirectional_targets`."""
-        features, feature_mask = self.encoder(images, mask)  # (B, h, w, d), (B, h, w)
+        features, feature_mask = self.encode(images, mask)  # (B, h, w, d), (B, h, w)
         B, N = features.shape[0], tokens_in.shape[0]
         if N not in (B, 2 * B):
             raise ValueError(f"tokens_in has {N} rows for {B} images; expected {B} or {2 * B}")
@@ -39,10 +39,14 @@ class HMERModel(nn.Module):
             features, feature_mask = torch.cat((features, features)), torch.cat((feature_mask, feature_mask))
         return self.decoder(features, feature_mask, tokens_in)
 
+    def encode(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 1, H, W), mask (B, H, W) -> the decoder's memory (B, h, w, d) and its mask (B, h, w)."""
+        return self.encoder(images, mask)
+
     @torch.no_grad()
     def greedy(self, images: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> list[Hypothesis]:
         """images (B, 1, H, W), mask (B, H, W) -> B hypotheses, left to right, arg-max at each step."""
-        features, feature_mask = self.encoder(images, mask)
+        features, feature_mask = self.encode(images, mask)
         return search.greedy(self.decoder, features, feature_mask, max_len or self.config.max_len)
 
     @torch.no_grad()
@@ -51,6 +55,6 @@ class HMERModel(nn.Module):
         """images (B, 1, H, W), mask (B, H, W) -> B hypotheses: l2r beam search, rescored by r2l if asked."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be positive, got {beam_size}")
-        features, feature_mask = self.encoder(images, mask)
+        features, feature_mask = self.encode(images, mask)
         return search.beam_search(self.decoder, features, feature_mask, beam_size, max_len or self.config.max_len,
                                   length_penalty, rescore)

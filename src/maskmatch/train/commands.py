@@ -11,7 +11,7 @@ from pathlib import Path
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 
-PRESETS = ("tiny", "crohme")
+PRESETS = ("tiny", "small", "crohme")
 RESUME_MAY_CHANGE = {"data.root", "data.workers", "trainer.time_budget", "trainer.log_every_n_steps",
                      "trainer.checkpoint_every_n_steps"}  # what --set may change on --resume: not what is learned
 

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "maskmatch.train.commands",  # finetune
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.benchmark",  # benchmark
+    "maskmatch.results",  # results
 ]
 
 

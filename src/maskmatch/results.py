@@ -1,0 +1,163 @@
+"""`maskmatch results`: the test-set tables of `results/`, measured by this command, never typed.
+
+For one model it evaluates CROHME 2014, 2016 and 2019 greedy and with beam search, reads the training
+run's logs (minutes and images per second per stage, curves), and writes:
+
+- results/scores.json: {split: {greedy: scores, beam: scores}} as `maskmatch evaluate --json` writes them;
+- results/training.json: per stage, the device, minutes, steps and median images/s, from RUN_DIR's logs;
+- results/curves-<stage>.png: each stage's training curves;
+- results/README.md: the table beside the published figures, and the command that made it.
+
+With --ship the model and its manifest, with the test scores added, are copied into the package as the
+weights `Recognizer.load()` uses by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+from pathlib import Path
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+SPLITS = ("2014", "2016", "2019")
+STAGES = ("pretrain", "attend", "finetune")  # the sub-folders `maskmatch train` writes, in order
+# ExpRate (%) on CROHME 2014 / 2016 / 2019 as published (each paper's own table, beam search, no extra data).
+PUBLISHED = {
+    "CoMER (Zhao & Gao, ECCV 2022)": (59.33, 59.81, 62.97),
+    "PosFormer (Guan et al., ECCV 2024)": (62.68, 61.03, 64.97),
+    "Mask CoMER (2025)": (64.56, 63.03, 65.22),
+}
+
+
+def stage_folders(run_dir: Path) -> dict[str, Path]:
+    """{stage: folder with log.jsonl}: a `maskmatch train` run has one sub-folder per stage; a single-stage
+    run (finetune, pretrain, attend) is its own folder, named by its config's stage."""
+    found = {s: run_dir / s for s in STAGES if (run_dir / s / "log.jsonl").is_file()}
+    if not found and (run_dir / "log.jsonl").is_file():
+        found = {"finetune": run_dir}
+    return found
+
+
+def training_summary(run_dir: Path, manifest: dict) -> dict:
+    """Per stage: minutes, steps and median images/s from its log.jsonl; the device from the manifest."""
+    from maskmatch.train.callbacks import read_log
+
+    summary = {}
+    for stage, folder in stage_folders(run_dir).items():
+        records = read_log(folder / "log.jsonl")
+        rates = [r["images_per_s"] for r in records if "images_per_s" in r]
+        steps = max((r["step"] for r in records if "step" in r), default=0)
+        seconds = max((r["elapsed_s"] for r in records if "elapsed_s" in r), default=0.0)
+        summary[stage] = {"minutes": round(seconds / 60, 1), "steps": steps,
+                          "images_per_s": round(statistics.median(rates), 1) if rates else None}
+    training = manifest.get("training") or {}
+    return {"device": training.get("device", "unknown"), "stages": summary}
+
+
+def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
+    """results/README.md: our test scores beside the published ones, and how they were made."""
+    cells = lambda split, how: (f"{scores[split][how]['exprate']:.2f} / {scores[split][how]['le1']:.2f} / "  # noqa: E731
+                                f"{scores[split][how]['le2']:.2f}" if split in scores else "-")
+    params = manifest.get("weights", {}).get("parameters", 0) / 1e6
+    lines = ["# Results", "", f"Made by `{command}`; do not edit by hand.", "",
+             f"Model: {params:.2f} M parameters, trained on {training['device']}; "
+             f"validation ExpRate {manifest.get('metrics', {}).get('validation', {}).get('exprate', '?')}% "
+             "(held-out slice of train, greedy).", "",
+             "ExpRate / at most 1 error / at most 2 errors (%), token level:", "",
+             "| decoding | " + " | ".join(f"CROHME {s} (n)" for s in SPLITS) + " |",
+             "|---|" + "---|" * len(SPLITS)]
+    for how in ("greedy", "beam"):
+        name = next((scores[s][how]["decoding"] for s in SPLITS if s in scores), how)
+        lines.append(f"| {name} | " + " | ".join(f"{cells(s, how)} ({scores[s][how]['n']})" if s in scores
+                                                  else "-" for s in SPLITS) + " |")
+    lines += ["", "Published ExpRate (%), beam search, for comparison:", "",
+              "| system | " + " | ".join(f"CROHME {s}" for s in SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
+    lines += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |" for name, values in PUBLISHED.items()]
+    lines += ["", "Training (from the run's log.jsonl):", "", "| stage | minutes | steps | median images/s |",
+              "|---|---|---|---|"]
+    lines += [f"| {stage} | {s['minutes']} | {s['steps']} | {s['images_per_s']} |"
+              for stage, s in training["stages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def ship(model: Path, scores: dict, command: str, target: Path | None = None) -> Path:
+    """Copies the weights to `target` (default: the package's shipped weights) and writes their manifest
+    there with the test scores and this command added. The manifest's sha256 covers the tensors only."""
+    from importlib import resources
+
+    from maskmatch.recognizer import SHIPPED
+    from maskmatch.weights import manifest_path, read_manifest
+
+    manifest = read_manifest(model)
+    manifest.setdefault("metrics", {})["test"] = {
+        split: {how: {k: s[k] for k in ("n", "exprate", "le1", "le2", "decoding")} for how, s in by.items()}
+        for split, by in scores.items()}
+    manifest["results_command"] = command
+    target = target or Path(str(resources.files("maskmatch").joinpath("assets", SHIPPED)))
+    shutil.copyfile(model, target)
+    manifest_path(target).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    return target
+
+
+def _results(args: argparse.Namespace) -> int:
+    from maskmatch.inference_commands import evaluate_split, format_table
+    from maskmatch.recognizer import Recognizer
+
+    model, data, out = Path(args.model), Path(args.data), Path(args.out)
+    folders = {s: data / s for s in args.splits}
+    for folder in folders.values():
+        if not (folder / "caption.txt").is_file():
+            raise UserError(f"{folder}: not an offline split (no caption.txt); build it with `maskmatch data build`")
+    try:
+        rec = Recognizer.load(model, args.device or "cpu")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run_dir = Path(args.run_dir) if args.run_dir else model.parent
+    if not stage_folders(run_dir):
+        raise UserError(f"{run_dir}: no training log (log.jsonl) there; give the run folder with --run")
+    command = _command_line(args)
+    scores = {}
+    for split, folder in folders.items():
+        scores[split] = {how: evaluate_split(rec, folder, beam, args.batch_size)[0]
+                         for how, beam in (("greedy", 1), ("beam", args.beam))}
+        print(format_table({f"{split} {how}": s for how, s in scores[split].items()}), flush=True)
+    training = training_summary(run_dir, rec.manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n", "utf-8")
+    (out / "training.json").write_text(json.dumps(training, indent=1) + "\n", "utf-8")
+    for stage, folder in stage_folders(run_dir).items():
+        if (folder / "curves.png").is_file():
+            shutil.copyfile(folder / "curves.png", out / f"curves-{stage}.png")
+    (out / "README.md").write_text(markdown(scores, training, command, rec.manifest), "utf-8")
+    print(f"wrote {out}/README.md, scores.json, training.json")
+    if args.ship:
+        print(f"shipped {ship(model, scores, command)} (+ .json)")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as a user would type it again (from the parsed arguments, so in-process calls get it right)."""
+    words = ["maskmatch", "results", "--model", args.model, "--data", args.data, "--out", args.out]
+    words += ["--run", args.run_dir] if args.run_dir else []
+    words += ["--splits", *args.splits] if list(args.splits) != list(SPLITS) else []
+    words += ["--beam", str(args.beam)] if args.beam != 10 else []
+    return shlex.join(words + (["--ship"] if args.ship else []))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("results", help="test-set tables for results/: 2014, 2016, 2019, greedy and beam")
+    p.add_argument("--model", required=True, metavar="PATH", help="weights (.safetensors with its .json manifest)")
+    p.add_argument("--data", default="data/crohme", metavar="DIR", help="built CROHME (default data/crohme)")
+    p.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="the training run (default: the model's folder)")
+    p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT", help="default 2014 2016 2019")
+    p.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default 16")
+    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--ship", action="store_true", help="copy the model into the package as the shipped weights")
+    p.set_defaults(run=_results)

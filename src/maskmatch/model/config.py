@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 DENSE_BLOCKS = 3  # DenseNet-B has three dense blocks; with the stem this fixes the stride at 16
 STRIDE = 16  # conv stride 2, max-pool 2, two transitions' average-pool 2
+FUSIONS = ("none", "gate", "tokens")  # how stage 2's attention maps reach the decoder (model/attention.py)
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,13 @@ class ModelConfig:
     vocab_size: int = 113  # 110 CROHME symbols plus pad, sos, eos (data/vocab.py)
     max_len: int = 200  # decoding steps at most, eos included (CoMER's max_len=200)
     pos_temperature: float = 10000.0  # base of the sinusoidal positions (Vaswani et al.; CoMER's ImgPosEnc/WordPosEnc)
+    fusion: str = "none"  # none (the plain recognizer), gate or tokens: how attention maps join (DESIGN.md, Stage 3)
+    attention_maps: int = 8  # K maps of the stage-2 attention network (assumed: a few per symbol class of layout)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = {"int": int, "float": (int, float), "bool": bool}[f.type]
+            kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if not isinstance(value, kind) or (f.type == "int" and isinstance(value, bool)):
                 raise TypeError(f"ModelConfig.{f.name} must be {f.type}, got {value!r}")
         if self.d_model % 4:
@@ -40,8 +43,10 @@ class ModelConfig:
             raise ValueError(f"reduction {self.reduction} outside (0, 1]")
         if not (0 <= self.dropout < 1 and 0 <= self.encoder_dropout < 1):
             raise ValueError("dropout probabilities must lie in [0, 1)")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r} must be one of {', '.join(FUSIONS)}")
         if min(self.in_channels, self.growth_rate, self.block_layers, self.num_decoder_layers,
-               self.dim_feedforward, self.vocab_size, self.max_len) < 1:
+               self.dim_feedforward, self.vocab_size, self.max_len, self.attention_maps) < 1:
             raise ValueError(f"sizes must be positive: {self}")
 
     @property

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from maskmatch import __version__
-from maskmatch.config import to_dict
+from maskmatch.config import from_dict, to_dict
 from maskmatch.data.batching import Batch
 from maskmatch.data.vocab import PAD, Vocabulary
 from maskmatch.metrics import canonical
-from maskmatch.model import HMERModel, bidirectional_targets
+from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets
 from maskmatch.train.config import FinetuneConfig
 from maskmatch.train.ema import EMA
 from maskmatch.train.schedule import ema_decay, lr_factor
@@ -132,7 +132,7 @@ class FinetuneModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint_meta(checkpoint)
-        if meta["config"]["model"] != to_dict(self.config.model):
+        if from_dict(ModelConfig, meta["config"]["model"]) != self.config.model:  # fields added since: defaults
             raise ValueError("the checkpoint's model config differs from this run's")
         self.total_steps, self.planned = meta["total_steps"], meta["planned"]
 
@@ -149,9 +149,6 @@ def checkpoint_meta(checkpoint: dict) -> dict:
 
 def ema_model(checkpoint: dict) -> HMERModel:
     """The EMA weights of a finetune checkpoint as an HMERModel in eval mode."""
-    from maskmatch.config import from_dict
-    from maskmatch.model import ModelConfig
-
     meta = checkpoint_meta(checkpoint)
     model = HMERModel(from_dict(ModelConfig, meta["config"]["model"]))
     prefix = "ema.module."

@@ -1,0 +1,205 @@
+"""The LightningModule of stage 2: student (encoder, attention network, feature predictor), EMA teacher, losses.
+
+Progress is global_step / total_steps in [0, 1], as in finetune: `total_steps` is the schedules' length
+(masking, learning rate, teacher momentum), set before training (a runner sets it, or its budget planner
+fixes it: `planned`); checkpoints keep both.
+
+A training step: the teacher encodes the whole images (features, maps, embeddings); blocks of ink are hidden
+(`mask_ink_blocks`, at the schedule's values for this progress, guided by the teacher's maps, seeded by
+(seed, rank, step)); the student encodes the masked images, and
+    loss = w_match match(student embeddings, teacher's) + w_pred prediction(predicted features, teacher's, hidden cells)
+         + w_div diversity(student maps) + w_ent entropy(student maps).
+After the optimizer step the teacher takes the student's weights with momentum m(progress).
+
+Hand-off to stage 3: the student's `encoder.*` and `attention.*` tensors (`handoff()`), named as in
+HMERModel(ModelConfig(fusion=...)).state_dict() for a fusion other than "none".
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from maskmatch import __version__
+from maskmatch.attend.config import AttendConfig
+from maskmatch.attend.diversity_loss import DiversityLoss
+from maskmatch.attend.entropy_loss import EntropyLoss
+from maskmatch.attend.masking import hide, mask_ink_blocks
+from maskmatch.attend.match_loss import MatchLoss, top1_matches
+from maskmatch.attend.prediction_loss import PredictionLoss
+from maskmatch.attend.predictor import FeaturePredictor
+from maskmatch.attend.teacher import Teacher, teacher_momentum
+from maskmatch.config import from_dict, to_dict
+from maskmatch.data.batching import Batch
+from maskmatch.model.attention import AttentionNetwork
+from maskmatch.model.config import ModelConfig
+from maskmatch.model.encoder import Encoder
+from maskmatch.train.module import NonFiniteLoss
+from maskmatch.train.schedule import lr_factor
+
+CHECKPOINT_FORMAT = 1
+STAGE = "attend"
+HANDOFF_PREFIXES = ("encoder.", "attention.")
+VALIDATION_PROGRESS = 1.0  # validation masks at the schedule's end values, the same at every epoch
+
+
+def mask_seed(seed: int, rank: int, step: int) -> int:
+    """The masking seed of a training step: a pure function of (seed, rank, step), so a resumed run repeats it."""
+    return int(np.random.SeedSequence([seed, rank, step, 1]).generate_state(1)[0])
+
+
+class AttendModule(L.LightningModule):
+    """Trains `encoder`, `attention` and `predictor` (the student); `teacher` is their EMA (encoder and attention).
+
+    Logs per step: loss, match, prediction, diversity, entropy (unweighted terms), mask_ratio (hidden ink
+    achieved), block (pixels), guided (share), momentum; per validation: val_match (top-1 % of student
+    embeddings, on masked held-out images, whose nearest teacher embedding of the batch, same map, is their
+    own image's) and val_loss.
+    """
+
+    def __init__(self, config: AttendConfig, channels_last: bool = False):
+        super().__init__()
+        self.config = config
+        self.channels_last = channels_last
+        self.encoder = Encoder(config.model)
+        self.attention = AttentionNetwork(config.model)
+        self.predictor = FeaturePredictor(config.model.d_model)
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+        self.teacher = Teacher(self.student())
+        c = config.loss
+        self.match_loss, self.prediction_loss = MatchLoss(c.temperature), PredictionLoss()
+        self.diversity_loss, self.entropy_loss = DiversityLoss(), EntropyLoss()
+        self.total_steps, self.planned = 1, False
+        self.val_match, self.val_n = float("nan"), 0
+        self.step_lr = 0.0  # learning rate of the latest training step
+        self._val_sums = [0.0, 0.0, 0.0]  # matches, embeddings seen, loss * images
+
+    def student(self) -> nn.ModuleDict:
+        """The student's encoder and attention network as one module (not registered: it shares their weights)."""
+        return nn.ModuleDict({"encoder": self.encoder, "attention": self.attention})
+
+    def handoff(self) -> dict[str, torch.Tensor]:
+        """Stage 3's initial tensors: the student's encoder.* and attention.* (HMERModel names)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(HANDOFF_PREFIXES)}
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.global_step / max(1, self.total_steps))
+
+    # ------------------------------------------------------------------ the objective
+
+    def losses(self, images: torch.Tensor, mask: torch.Tensor, progress: float, seed: int) -> dict[str, torch.Tensor]:
+        """images (B, 1, H, W), mask (B, H, W) -> the weighted total ("loss"), each term, and the masking's values."""
+        params = self.config.masking.at(progress)
+        t_features, feature_mask, t_maps, t_embeddings = self.teacher(images, mask)
+        hidden = mask_ink_blocks(images, mask, params, seed, t_maps if params.guided > 0 else None,
+                                 self.config.masking.ink_threshold)
+        features, _ = self.encoder(hide(images, hidden.pixels), mask)  # (B, h, w, d)
+        maps, embeddings = self.attention(features, feature_mask)  # (B, K, h, w), (B, K, d)
+        predicted = self.predictor(features, feature_mask)  # (B, h, w, d)
+        terms = {"match": self.match_loss(embeddings, t_embeddings),
+                 "prediction": self.prediction_loss(predicted, t_features, hidden.cells),
+                 "diversity": self.diversity_loss(maps), "entropy": self.entropy_loss(maps, feature_mask)}
+        c = self.config.loss
+        weights = {"match": c.match_weight, "prediction": c.prediction_weight, "diversity": c.diversity_weight,
+                   "entropy": c.entropy_weight}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return {"loss": loss, **terms, "mask_ratio": hidden.ratio.mean(), "block": float(params.block),
+                "guided": params.guided, "embeddings": embeddings, "teacher_embeddings": t_embeddings}
+
+    # ------------------------------------------------------------------ training
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher.")]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # dropout draws from a seed that is a pure function of (seed, rank, step): a resumed run repeats them
+        seed = np.random.SeedSequence([self.config.trainer.seed, self.global_rank, self.global_step])
+        torch.manual_seed(int(seed.generate_state(1)[0]))
+
+    def _images(self, batch: Batch) -> torch.Tensor:
+        return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        seed = mask_seed(self.config.trainer.seed, self.global_rank, self.global_step)
+        out = self.losses(self._images(batch), batch.mask, self.progress, seed)
+        loss = out["loss"]
+        finite = bool(torch.isfinite(loss))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            where = f"step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx}"
+            if finite:
+                raise NonFiniteLoss(f"non-finite loss on another rank at {where})")
+            datamodule = self.trainer.datamodule
+            names = datamodule.names(batch.indices) if datamodule is not None else batch.indices
+            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}: images {shown})")
+        self.step_lr = self.optimizers().param_groups[0]["lr"]
+        momentum = teacher_momentum(self.progress, *self.config.optim.teacher_momentum)
+        for key in ("loss", "match", "prediction", "diversity", "entropy", "mask_ratio"):
+            self.log(key, out[key].detach(), prog_bar=key == "loss", batch_size=len(batch))
+        for key, value in (("block", out["block"]), ("guided", out["guided"]), ("momentum", momentum)):
+            self.log(key, value, batch_size=len(batch))
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # global_step still counts the steps before this one here: the momentum of the progress after it
+        progress = min(1.0, (self.global_step + 1) / max(1, self.total_steps))
+        self.teacher.update(self.student(), teacher_momentum(progress, *self.config.optim.teacher_momentum))
+
+    # ------------------------------------------------------------------ validation
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = [0.0, 0.0, 0.0]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Masks at the schedule's end (VALIDATION_PROGRESS), seeded by the batch's index: the same every epoch."""
+        seed = mask_seed(self.config.data.val_seed, self.global_rank, batch_idx)
+        out = self.losses(self._images(batch), batch.mask, VALIDATION_PROGRESS, seed)
+        matches = top1_matches(out["embeddings"], out["teacher_embeddings"])  # (B, K)
+        self._val_sums[0] += float(matches.sum())
+        self._val_sums[1] += matches.numel()
+        self._val_sums[2] += float(out["loss"]) * len(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = torch.tensor(self._val_sums, dtype=torch.float64, device=self.device)
+        matches, seen, loss = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        K = self.config.model.attention_maps
+        self.val_match, self.val_n = 100.0 * matches / max(seen, 1), int(seen) // K
+        if not self.trainer.sanity_checking:
+            self.log("val_match", self.val_match, prog_bar=True, sync_dist=True)  # equal on all ranks already
+            self.log("val_loss", loss / max(self.val_n, 1), sync_dist=True)
+
+    # ------------------------------------------------------------------ checkpoints describe themselves
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maskmatch"] = {
+            "format": CHECKPOINT_FORMAT, "stage": STAGE, "maskmatch_version": __version__,
+            "config": to_dict(self.config), "total_steps": self.total_steps, "planned": self.planned,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint_meta(checkpoint)
+        if from_dict(ModelConfig, meta["config"]["model"]) != self.config.model:  # fields added later take defaults
+            raise ValueError("the checkpoint's model config differs from this run's")
+        self.total_steps, self.planned = meta["total_steps"], meta["planned"]
+
+
+def checkpoint_meta(checkpoint: dict) -> dict:
+    """The maskmatch section of a checkpoint, checked: ValueError if it is not a stage-2 checkpoint this code reads."""
+    meta = checkpoint.get("maskmatch")
+    if not isinstance(meta, dict) or meta.get("stage") != STAGE:
+        raise ValueError("not a maskmatch attend checkpoint")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
+    return meta

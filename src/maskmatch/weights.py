@@ -4,6 +4,11 @@ The manifest describes the weights: format version, code version, the model conf
 the preprocessing (RenderConfig and the image convention), the weights file's SHA-256, and whatever
 the caller adds (measured metrics and the command that measured them, training information). Loading
 checks all of it against the tensors and fails with one ValueError line when anything disagrees.
+
+Stage hand-off files (`save_module_weights`) hold only some top-level modules of an HMERModel (stage 1:
+`encoder.*`; stage 2: `encoder.*` and `attention.*`), named exactly as in `HMERModel(config).state_dict()`,
+and their manifest lists them under "modules". `init_from_weights` loads such a file (or a whole model)
+into a model non-strictly and asserts that exactly the other modules' keys are missing.
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ CONVENTION = ("grayscale uint8 (H, W), ink bright (255) on a dark (0) background
               "reads image / 255 as float32 (B, 1, H, W), zero-padded at the bottom and right, with a "
               "(B, H, W) bool mask that is True on padding (data/batching.py collate)")
 RESERVED = ("format", "format_version", "maskmatch_version", "weights", "model", "vocabulary", "preprocessing")
+PARTIAL = "modules"  # manifest key of a hand-off file: the top-level modules it holds (reserved there too)
+# ModelConfig fields that decide each top-level module's tensors and what it computes: a hand-off file's
+# module loads only into a model that agrees on them (dropout rates may differ). A module not listed is
+# checked by its tensors' names and shapes only.
+MODULE_FIELDS = {
+    "encoder": ("in_channels", "growth_rate", "block_layers", "reduction", "d_model", "pos_temperature"),
+    "decoder": ("d_model", "nhead", "num_decoder_layers", "dim_feedforward", "norm_first", "vocab_size",
+                "pos_temperature"),
+}
 
 
 def manifest_path(path: str | Path) -> Path:
@@ -49,23 +63,50 @@ def save_weights(path: str | Path, model: HMERModel, manifest: dict | None = Non
     manifest: the caller's keys (e.g. "metrics", "command", "training"), JSON-serializable; the keys in
     RESERVED are written here. vocabulary and render default to the standard ones the data build uses.
     """
+    _save(path, model, model.state_dict(), manifest, vocabulary, render)
+
+
+def save_module_weights(path: str | Path, model: HMERModel, modules: tuple[str, ...] | list[str],
+                        manifest: dict | None = None, vocabulary: Vocabulary | None = None,
+                        render: RenderConfig | None = None) -> None:
+    """As `save_weights`, but only the tensors of the top-level `modules` (e.g. ("encoder",)): a hand-off file.
+
+    The manifest's "modules" lists them; `load_weights` refuses such a file, `init_from_weights` reads it.
+    """
+    modules = sorted(set(modules))
+    present = {_module(k) for k in model.state_dict()}
+    if not modules or not set(modules) <= present:
+        raise ValueError(f"modules {modules} must be a non-empty subset of the model's {sorted(present)}")
+    tensors = {k: v for k, v in model.state_dict().items() if _module(k) in modules}
+    _save(path, model, tensors, manifest, vocabulary, render, modules)
+
+
+def _module(key: str) -> str:
+    """The top-level module of a state-dict key: "encoder.densenet.conv1.weight" -> "encoder"."""
+    return key.split(".", 1)[0]
+
+
+def _save(path, model: HMERModel, state: dict, manifest: dict | None, vocabulary: Vocabulary | None,
+          render: RenderConfig | None, modules: list[str] | None = None) -> None:
     where = manifest_path(path)
     vocabulary = vocabulary or Vocabulary.load()
     render = render or RenderConfig()
     extra = dict(manifest or {})
-    clash = sorted(set(extra) & set(RESERVED))
+    clash = sorted(set(extra) & set(RESERVED + (PARTIAL,)))
     if clash:
         raise ValueError(f"manifest keys {clash} are written by save_weights itself")
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"vocabulary has {len(vocabulary)} symbols, model.config.vocab_size is {model.config.vocab_size}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     data = save_safetensors(tensors, metadata={"format": "pt", FORMAT: str(FORMAT_VERSION)})
+    parameters = {k for k, _ in model.named_parameters()}
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "maskmatch_version": __version__,
         "weights": {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(),
-                    "parameters": sum(p.numel() for p in model.parameters())},
+                    "parameters": sum(v.numel() for k, v in tensors.items() if k in parameters)},
+        **({PARTIAL: modules} if modules else {}),
         "model": asdict(model.config),
         "vocabulary": list(vocabulary.symbols),
         "preprocessing": {"render": asdict(render), "convention": CONVENTION},
@@ -80,16 +121,10 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     """(model in eval mode on `device`, manifest); never unpickles. ValueError names what is wrong."""
     path = Path(path)
     manifest = read_manifest(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read weights ({e.strerror or e})") from None
-    if hashlib.sha256(data).hexdigest() != manifest["weights"].get("sha256"):
-        raise ValueError(f"{path}: the weights do not match their manifest's sha256 (write both with save_weights)")
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    if PARTIAL in manifest:
+        raise ValueError(f"{path}: holds only the {' and '.join(manifest[PARTIAL])} of a model (a stage hand-off "
+                         "file); start `maskmatch finetune --init` from it")
+    tensors = _read_tensors(path, manifest)
     model = HMERModel(model_config(manifest))
     missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()
     if missing or unexpected:
@@ -100,6 +135,56 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"{path}: tensors do not match the manifest's model: {str(e).splitlines()[-1].strip()}") from None
     return model.to(device).eval(), manifest
+
+
+def init_from_weights(model: HMERModel, path: str | Path) -> dict:
+    """Loads the modules a weights file holds (a hand-off file's, or all of a whole model's) into `model`.
+
+    Non-strict, then checked: the file's model config must agree with `model.config` on each held module's
+    MODULE_FIELDS, every tensor must fit, and the keys left missing must be exactly the model's keys under
+    the top-level modules the file does not hold (no unexpected keys). Returns the manifest; ValueError
+    (one line) otherwise, with `model` possibly half-loaded.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    tensors = _read_tensors(path, manifest)
+    held = set(manifest.get(PARTIAL) or {_module(k) for k in tensors})
+    if {_module(k) for k in tensors} != held:
+        raise ValueError(f"{path}: its tensors' modules {sorted({_module(k) for k in tensors})} are not the "
+                         f"manifest's {sorted(held)}")
+    theirs, ours = model_config(manifest), model.config
+    for module in sorted(held):
+        for name in MODULE_FIELDS.get(module, ()):
+            if getattr(theirs, name) != getattr(ours, name):
+                raise ValueError(f"{path}: its {module} has model.{name}={getattr(theirs, name)!r}, this model "
+                                 f"{getattr(ours, name)!r}; set model.{name} to match")
+    absent = sorted(held - {_module(k) for k in model.state_dict()})
+    if absent:
+        raise ValueError(f"{path}: holds {', '.join(absent)} weights, which this model has no module for")
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path}: tensors do not fit this model: {str(e).splitlines()[-1].strip()}") from None
+    expected = {k for k in model.state_dict() if _module(k) not in held}
+    if set(missing) != expected or unexpected:
+        wrong = sorted(set(missing) ^ expected) + sorted(unexpected)
+        raise ValueError(f"{path}: tensors do not match this model's {', '.join(sorted(held))} "
+                         f"({len(wrong)} keys differ, e.g. {wrong[:3]})")
+    return manifest
+
+
+def _read_tensors(path: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    """The tensors of weights file `path`, checked against the manifest's sha256; never unpickles."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read weights ({e.strerror or e})") from None
+    if hashlib.sha256(data).hexdigest() != manifest["weights"].get("sha256"):
+        raise ValueError(f"{path}: the weights do not match their manifest's sha256 (write both with save_weights)")
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def read_manifest(path: str | Path) -> dict:

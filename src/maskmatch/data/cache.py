@@ -74,11 +74,12 @@ class Cache:
     render_config: dict
     index: np.ndarray  # (N, 3) int64
     images: np.ndarray  # memory-mapped uint8
-    tokens: np.ndarray  # memory-mapped int16
-    token_offsets: np.ndarray
+    tokens: np.ndarray | None  # memory-mapped int16; None when opened with labels=False
+    token_offsets: np.ndarray | None
 
     @classmethod
-    def open(cls, folder: str | Path) -> "Cache":
+    def open(cls, folder: str | Path, labels: bool = True) -> "Cache":
+        """labels=False opens the images alone: the token files are neither needed nor read (self-supervision)."""
         folder = Path(folder)
         if (folder / "cache").is_dir():
             folder = folder / "cache"
@@ -96,18 +97,23 @@ class Cache:
             render_config=meta["render"],
             index=np.load(folder / "index.npy"),
             images=images,
-            tokens=np.load(folder / "tokens.npy", mmap_mode="r"),
-            token_offsets=np.load(folder / "token_offsets.npy"),
+            tokens=np.load(folder / "tokens.npy", mmap_mode="r") if labels else None,
+            token_offsets=np.load(folder / "token_offsets.npy") if labels else None,
         )
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        offset, h, w = (int(v) for v in self.index[i])
-        image = self.images[offset : offset + h * w].reshape(h, w)
+        if self.tokens is None:
+            raise ValueError("this cache was opened without labels (Cache.open(..., labels=False)); use .image(i)")
         ids = self.tokens[self.token_offsets[i] : self.token_offsets[i + 1]].astype(np.int64)
-        return image, ids
+        return self.image(i), ids
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i, uint8 (H, W), a view of the mapped file."""
+        offset, h, w = (int(v) for v in self.index[i])
+        return self.images[offset : offset + h * w].reshape(h, w)
 
     @property
     def sizes(self) -> np.ndarray:

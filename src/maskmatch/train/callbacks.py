@@ -73,8 +73,15 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-def plot_curves(records: list[dict], path: Path) -> None:
-    """Training loss, learning rate and validation ExpRate against the step, as a PNG (Agg, no pyplot)."""
+FINETUNE_PANELS = ((("loss",), "training loss"), (("lr",), "learning rate"),
+                   (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
+
+
+def plot_curves(records: list[dict], path: Path, panels=FINETUNE_PANELS) -> None:
+    """Logged values against the step as a PNG (Agg, no pyplot): one panel per (keys, title) of `panels`.
+
+    Training keys ("loss", "lr" and others logged every n steps) are lines; validation keys get markers.
+    """
     from matplotlib.figure import Figure
 
     def series(key: str) -> tuple[list, list]:
@@ -82,15 +89,20 @@ def plot_curves(records: list[dict], path: Path) -> None:
         steps = sorted(latest)
         return steps, [latest[s] for s in steps]
 
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
-    for ax, key, title in zip(fig.subplots(1, 3), ("loss", "lr", "val_exprate"),
-                              ("training loss", "learning rate", "validation ExpRate (%, EMA, greedy)")):
-        steps, values = series(key)
-        ax.plot(steps, values, marker="o" if key == "val_exprate" else None, markersize=3)
+    fig = Figure(figsize=(4 * len(panels), 3.6), layout="constrained")
+    for ax, (keys, title) in zip(fig.subplots(1, len(panels)), panels):
+        every = []
+        for key in keys:
+            steps, values = series(key)
+            every += values
+            validation = key.startswith(("val_", "probe_"))
+            ax.plot(steps, values, marker="o" if validation else None, markersize=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if key == "loss" and values and min(values) > 0:
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+        if "loss" in keys and every and min(every) > 0:
             ax.set_yscale("log")
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=90))
 
@@ -193,12 +205,17 @@ class BudgetPlanner(L.Callback):
 
 
 class RunCheckpoints(L.Callback):
-    """last.ckpt every n steps and after each validation; best.ckpt, a copy of it, when validation ExpRate is the
-    best so far (ties go to the later, longer-trained weights)."""
+    """last.ckpt every n steps and after each validation; best.ckpt, a copy of it, when the monitored validation
+    value (the module's attribute `monitor`: finetune's ExpRate by default) is the best so far, the highest
+    for mode "max", the lowest for "min" (ties go to the later, longer-trained weights)."""
 
-    def __init__(self, run_dir: Path, every_n_steps: int, log: "RunLog"):
+    def __init__(self, run_dir: Path, every_n_steps: int, log: "RunLog", monitor: str = "val_exprate",
+                 mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.run_dir, self.every_n_steps, self.run_log = Path(run_dir), every_n_steps, log
-        self.best: float | None = None  # best validation ExpRate so far, of best.ckpt
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None  # best monitored value so far, of best.ckpt
         self.best_step, self.val_n = -1, 0
         self.save_seconds = 0.0
         self.saved_step = -1  # global step of the latest checkpoint written in this session
@@ -224,30 +241,42 @@ class RunCheckpoints(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        improved = self.best is None or pl_module.val_exprate >= self.best
+        value = float(getattr(pl_module, self.monitor))
+        improved = self.best is None or (value >= self.best if self.mode == "max" else value <= self.best)
         if improved:
-            self.best, self.best_step = pl_module.val_exprate, trainer.global_step
+            self.best, self.best_step = value, trainer.global_step
         self.val_n = pl_module.val_n
         self._save(trainer, LAST)
         if improved and trainer.is_global_zero:
             with open(self.run_dir / LAST, "rb") as source:
                 write_atomic(self.run_dir / BEST, lambda f: shutil.copyfileobj(source, f))
             self.run_log.write(trainer, {"event": "checkpoint", "file": BEST, "step": trainer.global_step,
-                                         "epoch": trainer.current_epoch, "val_exprate": self.best})
+                                         "epoch": trainer.current_epoch, self.monitor: self.best})
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.saved_step != trainer.global_step:
             self._save(trainer, LAST)
 
 
+def exprate_record(pl_module) -> dict:
+    """finetune's validation record: ExpRate and the number of images."""
+    return {"val_exprate": round(pl_module.val_exprate, 4), "val_n": pl_module.val_n}
+
+
 class RunLog(L.Callback):
     """Appends JSON lines to log.jsonl (training every n steps, each validation, events) and redraws curves.png.
 
     elapsed_s counts the seconds of all sessions of the run (checkpoints keep the earlier sessions' total).
+    A training line holds the module's `step_extras` (a dict) if it has one; a validation line holds
+    `validation_record(pl_module)`. With log_initial_validation, the sanity-check validation of a run that
+    starts at step 0 is logged as step 0's (it must then cover the whole validation set).
     """
 
-    def __init__(self, run_dir: Path, every_n_steps: int, start: float):
+    def __init__(self, run_dir: Path, every_n_steps: int, start: float, validation_record=exprate_record,
+                 panels=FINETUNE_PANELS, log_initial_validation: bool = False):
         self.path, self.every_n_steps, self.start = Path(run_dir) / LOG, every_n_steps, start
+        self.validation_record, self.panels = validation_record, panels
+        self.log_initial_validation = log_initial_validation
         self.seconds_before = 0.0  # seconds of earlier sessions of this run
         self._val_start = 0.0
         self._images, self._since = 0, time.monotonic()
@@ -279,7 +308,7 @@ class RunLog(L.Callback):
         now = time.monotonic()
         self.write(trainer, {
             "step": step, "epoch": trainer.current_epoch, "loss": float(outputs["loss"]),
-            "lr": pl_module.step_lr,
+            "lr": pl_module.step_lr, **getattr(pl_module, "step_extras", {}),
             "images_per_s": round(self._images / max(now - self._since, 1e-9), 2),
             "elapsed_s": round(self.run_seconds(), 2)})
         self._images, self._since = 0, now
@@ -288,12 +317,12 @@ class RunLog(L.Callback):
         self._val_start = time.monotonic()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking and not (self.log_initial_validation and trainer.global_step == 0):
             return
         self.write(trainer, {"step": trainer.global_step, "epoch": trainer.current_epoch,
-                             "val_exprate": round(pl_module.val_exprate, 4), "val_n": pl_module.val_n,
+                             **self.validation_record(pl_module),
                              "val_s": round(time.monotonic() - self._val_start, 2),
                              "elapsed_s": round(self.run_seconds(), 2)})
         if trainer.is_global_zero:
-            plot_curves(read_log(self.path), self.path.parent / CURVES)
+            plot_curves(read_log(self.path), self.path.parent / CURVES, self.panels)
         self._images, self._since = 0, time.monotonic()

@@ -16,13 +16,17 @@ RESUME_MAY_CHANGE = {"data.root", "data.workers", "trainer.time_budget", "traine
                      "trainer.checkpoint_every_n_steps"}  # what --set may change on --resume: not what is learned
 
 
-def load_config(args: argparse.Namespace):
-    """The run's FinetuneConfig: a preset, a file or (--resume) RUN_DIR/config.yaml, then --set and --time-budget."""
+def load_config(args: argparse.Namespace, config_class=None, resume_may_change=RESUME_MAY_CHANGE):
+    """The run's config (default FinetuneConfig): a preset, a file or (--resume) RUN_DIR/config.yaml, then --set,
+    --time-budget and, for finetune, --label-fraction and --init."""
+    import dataclasses
+
     import yaml
 
     from maskmatch.config import from_dict, override, to_dict
     from maskmatch.train.config import FinetuneConfig
 
+    config_class = config_class or FinetuneConfig
     run_dir = Path(args.out)
     if args.resume:
         if args.preset or args.config:
@@ -45,15 +49,19 @@ def load_config(args: argparse.Namespace):
     except yaml.YAMLError as e:
         raise UserError(f"{source if args.resume else args.config or args.preset}: not valid YAML "
                         f"({str(e).splitlines()[0]})") from None
-    saved = from_dict(FinetuneConfig, values)
+    saved = from_dict(config_class, values)
     config = override(saved, args.overrides)
     if args.time_budget is not None:
         config = override(config, [f"trainer.time_budget={args.time_budget}"])
+    if getattr(args, "label_fraction", None) is not None:
+        config = override(config, [f"data.label_fraction={args.label_fraction}"])
+    if getattr(args, "init", None) is not None:
+        config = dataclasses.replace(config, init=str(args.init))
     if args.resume:
-        changed = sorted(set(_changed(to_dict(saved), to_dict(config))) - RESUME_MAY_CHANGE)
+        changed = sorted(set(_changed(to_dict(saved), to_dict(config))) - resume_may_change)
         if changed:
             raise UserError(f"--resume continues the run as configured: {changed[0]} cannot change "
-                            f"(only {', '.join(sorted(RESUME_MAY_CHANGE))}); start a new run instead")
+                            f"(only {', '.join(sorted(resume_may_change))}); start a new run instead")
     return config
 
 
@@ -61,7 +69,7 @@ def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts of the same shape."""
     keys = []
     for key, value in a.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(b[key], dict):
             keys += _changed(value, b[key], f"{prefix}{key}.")
         elif b[key] != value:
             keys.append(prefix + key)
@@ -97,12 +105,15 @@ def _finetune(args: argparse.Namespace) -> int:
                         f"{len(data.vocabulary)} symbols")
     if args.resume:
         check_resumable(run_dir / LAST)
+    L.seed_everything(t.seed, verbose=False)
+    module = FinetuneModule(config, data.vocabulary, channels_last=gpu)
+    if config.init and not args.resume:  # a resumed run's weights come from last.ckpt
+        initialize(module, config.init)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)
     text = yaml.safe_dump(to_dict(config), sort_keys=False).encode("utf-8")
     write_atomic(run_dir / "config.yaml", lambda f: f.write(text))
 
-    L.seed_everything(t.seed, verbose=False)
     log = RunLog(run_dir, t.log_every_n_steps, start)
     checkpoints = RunCheckpoints(run_dir, t.checkpoint_every_n_steps, log)
     planner = BudgetPlanner(t.max_epochs, t.time_budget, t.plan_after_steps, start, checkpoints, log)
@@ -114,7 +125,6 @@ def _finetune(args: argparse.Namespace) -> int:
         gradient_clip_val=config.optim.grad_clip or None, num_sanity_val_steps=2, default_root_dir=run_dir,
         callbacks=[planner, checkpoints, log],
         enable_progress_bar=not args.quiet, plugins=[AtomicCheckpointIO()], enable_model_summary=not args.quiet)
-    module = FinetuneModule(config, data.vocabulary, channels_last=gpu)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=run_dir / LAST if args.resume else None)
     except NonFiniteLoss as e:
@@ -131,6 +141,20 @@ def _finetune(args: argparse.Namespace) -> int:
     export(run_dir, data, checkpoints, command=_command_line(args), minutes=log.run_seconds() / 60,
            device=_device_words(trainer))
     return 0
+
+
+def initialize(module, path: str) -> None:
+    """Loads a hand-off file (or a whole model) into the module's model and its EMA; UserError if it does not fit."""
+    from maskmatch.weights import init_from_weights
+
+    try:
+        manifest = init_from_weights(module.model, path)
+    except ValueError as e:
+        raise UserError(f"--init: {e}") from None
+    module.ema.module.load_state_dict(module.model.state_dict())
+    held = manifest.get("modules") or ["the whole model"]
+    stage = (manifest.get("training") or {}).get("stage", "?")
+    print(f"initialized {', '.join(held)} from {path} (stage {stage})", flush=True)
 
 
 def check_resumable(path: Path) -> None:
@@ -175,15 +199,17 @@ def export(run_dir: Path, data, checkpoints, command: str, minutes: float, devic
     print(f"wrote {path} and its manifest")
 
 
-def _command_line(args: argparse.Namespace) -> str:
+def _command_line(args: argparse.Namespace, command: str = "finetune") -> str:
     """The command as a user would type it again (from the parsed arguments, so in-process calls get it right)."""
-    words = ["maskmatch", "finetune"]
+    words = ["maskmatch", command]
     words += ["--preset", args.preset] if args.preset else ["--config", args.config] if args.config else []
     for assignment in args.overrides:
         words += ["--set", assignment]
     words += ["--out", str(args.out)]
     words += ["--time-budget", f"{args.time_budget:g}"] if args.time_budget is not None else []
     words += ["--resume"] if args.resume else []
+    words += ["--init", str(args.init)] if getattr(args, "init", None) else []
+    words += ["--label-fraction", f"{args.label_fraction:g}"] if getattr(args, "label_fraction", None) else []
     words += [f"--devices={args.devices}", f"--nodes={args.nodes}", f"--accelerator={args.accelerator}"]
     return shlex.join(words)
 
@@ -211,6 +237,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     finetune.add_argument("--time-budget", type=float, metavar="SECONDS",
                           help="plan the run to end within this many seconds (trainer.time_budget)")
     finetune.add_argument("--resume", action="store_true", help="continue RUN_DIR from last.ckpt")
+    finetune.add_argument("--init", metavar="WEIGHTS", help="start from these weights, e.g. a pretrain run's "
+                          "encoder.safetensors (config key init)")
+    finetune.add_argument("--label-fraction", type=float, metavar="F",
+                          help="train on a fixed random share F of the labelled images (data.label_fraction)")
     finetune.add_argument("--devices", type=positive_int, default=1, help="devices per node (default 1; >1 uses DDP)")
     finetune.add_argument("--nodes", type=positive_int, default=1, help="nodes (default 1; >1 uses DDP)")
     finetune.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto", help="default auto")

@@ -19,8 +19,12 @@ class DataConfig:
     max_batch_size: int = 16  # images per batch at most (CoMER uses 8 under a smaller budget; assumed)
     workers: int = 4  # data-loader processes per rank; 0 loads in the training process (assumed)
     scale_range: tuple[float, float] = (0.7, 1.3)  # rescale drawn per image and epoch (assumed; symbols ~28-52 px)
+    label_fraction: float = 1.0  # share of the labelled training images (after the held-out slice) trained on; 1: all
+    label_seed: int = 0  # which images form that share: fixed, so the subset never changes (resume included)
 
     def __post_init__(self):
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction {self.label_fraction} must lie in (0, 1]")
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range {self.scale_range} must satisfy 0 < low <= high")
@@ -74,3 +78,4 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)  # where the data is and how it is batched
     optim: OptimConfig = field(default_factory=OptimConfig)  # loss, optimizer, schedule and EMA
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # how long, how precise, how often to log and save
+    init: str | None = None  # weights file the model starts from (`maskmatch pretrain`'s encoder.safetensors); None: random

@@ -119,6 +119,16 @@ def open_split(root: str | Path, split: str) -> Cache:
         raise UserError(str(e)) from None
 
 
+def label_subset(train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The fixed share of training positions whose labels are used: round(fraction * n) (at least 1) of them, drawn
+    without replacement as a pure function of (n, fraction, seed), sorted; all of them for fraction 1."""
+    if fraction >= 1:
+        return train
+    keep = max(1, round(fraction * len(train)))
+    chosen = np.random.default_rng([seed, 11]).choice(len(train), keep, replace=False)
+    return np.sort(train[chosen])
+
+
 def held_out_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train positions, validation positions), both sorted: a fixed random slice of `val_size` images."""
     if val_size >= n:
@@ -135,6 +145,7 @@ class FinetuneData(L.LightningDataModule):
         self.config, self.seed = config, seed
         self.cache = open_split(config.root, config.train_split)
         train, val = held_out_split(len(self.cache), config.val_size, config.val_seed)
+        train = label_subset(train, config.label_fraction, config.label_seed)
         self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)
         render = self.cache.render_config
         self.max_height, self.max_width = int(render.get("max_height", 10**9)), int(render.get("max_width", 10**9))

@@ -1,4 +1,6 @@
 # Set-up and the main jobs. Every path installs torch==2.13.0 (the CPU build) before the project.
+# `setup` also installs KaTeX from npm (web/, for the page's preview); `test` also installs Debian's
+# chromium, which the browser test drives through Playwright (never a browser download of its own).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,8 +8,11 @@ SHARED ?= ../shared
 ARCHIVE := $(SHARED)/data/crohme/crohme-inkml.tar.gz
 DATA := data/crohme
 
-.PHONY: setup demo data test
-setup: $(BIN)/.installed
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo data test web browser
+setup: $(BIN)/.installed web
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,5 +26,19 @@ demo: setup
 	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)
 	$(BIN)/maskmatch data sheet $(DATA)/2014 --out out/sheet-2014.png
 
-test: setup
+# KaTeX for `maskmatch serve`'s preview, exactly as web/package-lock.json pins it, into web/node_modules.
+web: web/node_modules/.package-lock.json
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "make web: npm not found (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+
+# Debian's chromium for the browser test (tests/test_serve_browser.py).
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium
+
+test: setup browser
 	$(BIN)/python -m pytest -q

@@ -19,7 +19,7 @@ from maskmatch.cli import main
 from maskmatch.data.cache import CacheWriter
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import Vocabulary
-from maskmatch.model import HMERModel, ModelConfig
+from maskmatch.model import Decoder, HMERModel, ModelConfig
 from maskmatch.recognizer import Recognition, Recognizer
 from maskmatch.weights import save_weights
 
@@ -106,6 +106,53 @@ def test_batch_greedy_and_single_agree(recognizer, files):
     collated[0, 0] = torch.from_numpy(images[2] / 255.0)
     greedy = recognizer.model.greedy(collated, torch.zeros(1, *images[2].shape, dtype=torch.bool))[0]
     assert batch[2].tokens == recognizer.vocabulary.decode(greedy.ids)
+
+
+# ---------------------------------------------------------------- per-token attention
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_attention_leaves_decoding_unchanged_and_maps_each_token(recognizer, files, beam):
+    xs = [CROSS, EXPRESSIONS["x2"][0], files["dark"]]  # different sizes: padded in one batch
+    plain = recognizer.recognize_batch(xs, beam_size=beam)
+    seen = recognizer.recognize_batch(xs, beam_size=beam, attention=True)
+    assert [(r.tokens, r.score) for r in seen] == [(r.tokens, r.score) for r in plain]
+    assert all(r.attention is None for r in plain)
+    for x, r in zip(xs, seen):
+        H, W = recognizer.preprocess(x).shape
+        assert r.attention.shape == (len(r.tokens), math.ceil(H / 16), math.ceil(W / 16))
+        assert r.attention.dtype == np.float32 and (r.attention >= 0).all()
+        np.testing.assert_allclose(r.attention.sum((1, 2)), 1.0, atol=1e-5)  # all of it on this image's cells
+        alone = recognizer.recognize(x, beam_size=beam, attention=True).attention  # not padded
+        np.testing.assert_allclose(r.attention, alone, atol=1e-4)
+
+
+def test_captured_cross_attention_is_what_the_decoder_applies():
+    """Each layer's captured weights, applied to the memory's values, give the layer's cross-attention output;
+    capturing does not change the logits; the average is over heads and layers."""
+    torch.manual_seed(1)
+    decoder = Decoder(ModelConfig.tiny(num_decoder_layers=2)).eval()
+    features = torch.randn(2, 3, 5, decoder.config.d_model)  # (N, h, w, d)
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    mask[1, 2:, :] = mask[1, :, 4:] = True  # image 1 is smaller: padding cells
+    tokens = torch.tensor([[1, 5, 7, 9], [1, 8, 0, 0]])  # SOS, ids, PAD
+    calls = []  # each layer's cross-attention call: (inputs, keyword inputs, output)
+    hooks = [layer.cross_attn.register_forward_hook(lambda m, a, kw, out: calls.append((a, kw, out)), with_kwargs=True)
+             for layer in decoder.layers]
+    captured = []
+    with torch.inference_mode():
+        logits = decoder.decode(tokens, decoder.init_cache(features, mask), captured)
+        for hook in hooks:
+            hook.remove()
+        assert torch.equal(logits, decoder(features, mask, tokens))
+        for layer, w, ((h, k, v), kw, out) in zip(decoder.layers, captured, calls):
+            y = layer.cross_attn.out((w @ v).transpose(1, 2).reshape(out.shape))  # weights applied to the values
+            torch.testing.assert_close(y, out)
+        maps = decoder.cross_attention(features, mask, tokens)
+    assert len(captured) == len(decoder.layers) and captured[0].shape == (2, decoder.config.nhead, 4, 15)
+    torch.testing.assert_close(maps, torch.stack(captured).mean((0, 2)).view(2, 4, 3, 5))
+    assert maps[1][:, mask[1]].abs().max() == 0  # nothing on padding
+    torch.testing.assert_close(maps.sum((2, 3)), torch.ones(2, 4))
 
 
 @pytest.mark.parametrize("x, message", [

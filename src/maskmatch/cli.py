@@ -15,9 +15,11 @@ from maskmatch.errors import UserError
 COMMAND_MODULES = [
     "maskmatch.data.commands",  # data build, data sheet
     "maskmatch.train.commands",  # finetune
+    "maskmatch.pretrain.commands",  # pretrain
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.benchmark",  # benchmark
     "maskmatch.results",  # results
+    "maskmatch.serve.commands",  # serve, serve-load
 ]
 
 

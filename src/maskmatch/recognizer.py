@@ -25,7 +25,7 @@ from maskmatch.data.batching import collate
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
 from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
-from maskmatch.data.vocab import Vocabulary
+from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.model import HMERModel
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
@@ -39,6 +39,9 @@ class Recognition:
     score: float  # length-normalized log-probability (model/search.py), higher is surer; beam adds r2l rescoring,
     # so greedy and beam scores are on different scales
     ms: float  # wall time spent on this input: its preprocessing plus its share of the batch's decoding
+    attention: np.ndarray | None = None  # (T, h, w) float32 when asked for: where the decoder looked to write each
+    # token (cross-attention averaged over heads and layers); cell (i, j) covers pixels [16i, 16i+16) x [16j, 16j+16)
+    # of the normalized image (`preprocess`), h = ceil(H / 16), w = ceil(W / 16)
 
 
 class Recognizer:
@@ -93,26 +96,28 @@ class Recognizer:
 
     # ------------------------------------------------------------ recognition
 
-    def recognize(self, x: Any, beam_size: int = 10) -> Recognition:
-        """One input -> its Recognition. beam_size 1 decodes greedily (the ids equal beam search's with one beam)."""
-        return self.recognize_batch([x], beam_size)[0]
+    def recognize(self, x: Any, beam_size: int = 10, attention: bool = False) -> Recognition:
+        """One input -> its Recognition. beam_size 1 decodes greedily (the ids equal beam search's with one beam);
+        attention=True fills Recognition.attention (the decoded tokens are the same either way)."""
+        return self.recognize_batch([x], beam_size, attention)[0]
 
-    def recognize_batch(self, xs: list[Any], beam_size: int = 10) -> list[Recognition]:
+    def recognize_batch(self, xs: list[Any], beam_size: int = 10, attention: bool = False) -> list[Recognition]:
         """Inputs -> Recognitions in order, decoded as one padded batch; the first bad input raises ValueError."""
         images, spent = [], []
         for x in xs:
             start = time.perf_counter()
             images.append(self.preprocess(x))
             spent.append(time.perf_counter() - start)
-        results = self.decode(images, beam_size)
+        results = self.decode(images, beam_size, attention)
         for r, s in zip(results, spent):
             r.ms = round(r.ms + 1000 * s, 2)
         return results
 
-    def decode(self, images: list[np.ndarray], beam_size: int = 10) -> list[Recognition]:
+    def decode(self, images: list[np.ndarray], beam_size: int = 10, attention: bool = False) -> list[Recognition]:
         """Normalized uint8 images (H_i, W_i), ink bright (from `preprocess`, or a built split) -> Recognitions.
 
         Decodes all of them as one batch, padded to the largest: group images of like size for speed.
+        attention=True adds each result's per-token attention maps (see `attention_maps`).
         """
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1 (1 is greedy), got {beam_size}")
@@ -126,11 +131,35 @@ class Recognizer:
                 hyps = self.model.greedy(images_t, mask)
             else:
                 hyps = self.model.beam_search(images_t, mask, beam_size=beam_size)
+            maps = self.attention_maps(images_t, mask, [h.ids for h in hyps]) if attention else [None] * len(hyps)
         share = 1000 * (time.perf_counter() - start) / len(images)
         out = []
-        for h in hyps:
+        for h, m in zip(hyps, maps):
             tokens = self.vocabulary.decode(h.ids)
-            out.append(Recognition(" ".join(tokens), tokens, float(h.score), round(share, 2)))
+            out.append(Recognition(" ".join(tokens), tokens, float(h.score), round(share, 2), m))
+        return out
+
+    def attention_maps(self, images: torch.Tensor, mask: torch.Tensor, ids: list[list[int]]) -> list[np.ndarray]:
+        """Where the decoder looks to write each token of ids[b]: images (B, 1, H, W), mask (B, H, W) ->
+        B arrays (T_b, h_b, w_b) float32, h_b x w_b the cells of image b (ceil(H_b / 16) x ceil(W_b / 16)).
+
+        A separate teacher-forced pass over [SOS, ids] (decoding itself is untouched): the decoder's
+        cross-attention averaged over heads and over all layers. Each token's map sums to 1 over the memory;
+        with token fusion, the share that goes to the K extra memory tokens is left out of the map.
+        """
+        features, feature_mask = self.model.encode(images, mask)  # (B, h', w, d), (B, h', w)
+        L = max((len(s) for s in ids), default=0)
+        tokens = torch.full((len(ids), L + 1), PAD, dtype=torch.long, device=images.device)  # (B, L+1)
+        tokens[:, 0] = SOS
+        for b, s in enumerate(ids):
+            tokens[b, 1 : len(s) + 1] = torch.as_tensor(s, dtype=torch.long)
+        weights = self.model.decoder.cross_attention(features, feature_mask, tokens).float().cpu()  # (B, L+1, h', w)
+        stride = self.model.config.stride
+        heights, widths = (~mask).sum(1).amax(1).tolist(), (~mask).sum(2).amax(1).tolist()  # (B,) valid pixels
+        out = []
+        for b, s in enumerate(ids):
+            h, w = -(-heights[b] // stride), -(-widths[b] // stride)  # ceil
+            out.append(weights[b, : len(s), :h, :w].numpy().copy())
         return out
 
 

@@ -8,6 +8,7 @@ one image (its beams) share them, their queries attending together in one call (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,18 @@ class Attention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)  # (N/g, nh, gT, hd)
         return self.out(y.transpose(1, 2).reshape(N, T, d))  # (N, T, d)
 
+    def weights(self, x: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                group: int = 1) -> torch.Tensor:
+        """The attention weights that `forward` applies (no causal mask, no dropout): x (N, T, d), k (N / group,
+        nh, S, hd), attn_mask (N / group, 1, 1, S) True where allowed -> softmax(q k^T / sqrt(hd)) (N, nh, T, S)."""
+        N, T, d = x.shape
+        q = self.q(x).view(N // group, group * T, self.nhead, d // self.nhead).transpose(1, 2)  # (N/g, nh, gT, hd)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.nhead)  # (N/g, nh, gT, S)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        w = scores.softmax(-1).view(N // group, self.nhead, group, T, -1)  # (N/g, nh, g, T, S)
+        return w.transpose(1, 2).reshape(N, self.nhead, T, -1)  # (N, nh, T, S)
+
 
 class DecoderLayer(nn.Module):
     """Self-attention, cross-attention, FFN; post-norm like nn.TransformerDecoderLayer, or pre-norm."""
@@ -132,9 +145,11 @@ class DecoderLayer(nn.Module):
         return x + self.drop(y) if self.norm_first else norm(x + self.drop(y))
 
     def forward(self, x: torch.Tensor, memory_kv: KV, memory_mask: torch.Tensor | None,
-                past: KV | None = None, group: int = 1) -> tuple[torch.Tensor, KV]:
+                past: KV | None = None, group: int = 1,
+                capture: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, KV]:
         """x (N, T, d) at positions t..t+T-1, past keys/values (N, nh, t, hd) or None (t = 0), memory
-        keys/values (N / group, nh, S, hd) -> x (N, T, d), self-attention keys/values (N, nh, t+T, hd)."""
+        keys/values (N / group, nh, S, hd) -> x (N, T, d), self-attention keys/values (N, nh, t+T, hd).
+        capture: a list that receives the cross-attention weights (N, nh, T, S); the output is unchanged."""
         T = x.shape[1]
         h = self.norm1(x) if self.norm_first else x
         k, v = self.self_attn.keys_values(h)  # (N, nh, T, hd)
@@ -146,6 +161,8 @@ class DecoderLayer(nn.Module):
                 mask = torch.ones(T, t + T, dtype=torch.bool, device=x.device).tril(t)  # (T, t+T)
         x = self._residual(x, self.self_attn(h, k, v, attn_mask=mask, causal=causal), self.norm1)
         h = self.norm2(x) if self.norm_first else x
+        if capture is not None:
+            capture.append(self.cross_attn.weights(h, memory_kv[0], memory_mask, group))
         x = self._residual(x, self.cross_attn(h, *memory_kv, attn_mask=memory_mask, group=group), self.norm2)
         h = self.norm3(x) if self.norm_first else x
         x = self._residual(x, self.ffn(h), self.norm3)
@@ -182,12 +199,15 @@ class Decoder(nn.Module):
         attend = None if not feature_mask.any() else ~feature_mask.flatten(1)[:, None, None, :]  # (N, 1, 1, S)
         return DecoderCache(memory_kv, attend, [None] * len(self.layers))
 
-    def decode(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        """tokens (N, T) following the cache's tokens -> logits (N, T, V); the cache takes them in."""
+    def decode(self, tokens: torch.Tensor, cache: DecoderCache,
+               capture: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """tokens (N, T) following the cache's tokens -> logits (N, T, V); the cache takes them in.
+        capture: a list that receives each layer's cross-attention weights (N, nh, T, S), in layer order."""
         start, stop = cache.length, cache.length + tokens.shape[1]
         x = self.embed_norm(self.embed(tokens)) + self.positions(start, stop, tokens.device)  # (N, T, d)
         for i, layer in enumerate(self.layers):
-            x, cache.self_kv[i] = layer(x, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i], cache.group)
+            x, cache.self_kv[i] = layer(x, cache.memory_kv[i], cache.memory_mask, cache.self_kv[i], cache.group,
+                                        capture)
         cache.length = stop
         return self.head(self.final_norm(x))  # (N, T, V)
 
@@ -199,3 +219,15 @@ class Decoder(nn.Module):
         """Teacher forcing: features (N, h, w, d), feature_mask (N, h, w), tokens_in (N, L) -> logits (N, L, V).
         Rows are independent: duplicate features for the l2r and r2l halves of `bidirectional_targets`."""
         return self.decode(tokens_in, self.init_cache(features, feature_mask))
+
+    def cross_attention(self, features: torch.Tensor, feature_mask: torch.Tensor,
+                        tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing as `forward`, returning where each input position looks: the cross-attention
+        weights averaged over heads and layers. features (N, h, w, d), feature_mask (N, h, w) True on padding,
+        tokens_in (N, L) -> (N, L, h, w), each position's map summing to 1 over the valid cells (0 on padding).
+        Position i reads tokens_in[:, :i+1], so for [SOS, t1..tn] row i is the attention that chose t(i+1)."""
+        captured: list[torch.Tensor] = []
+        self.decode(tokens_in, self.init_cache(features, feature_mask), captured)
+        N, h, w = feature_mask.shape
+        mean = torch.stack(captured).mean(dim=(0, 2))  # (N, L, S): layers, then heads
+        return mean.view(N, tokens_in.shape[1], h, w)

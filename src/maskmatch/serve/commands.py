@@ -1,0 +1,129 @@
+"""`maskmatch serve` (the page and the API) and `maskmatch serve-load` (a bounded loopback load test)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import socket
+import sys
+from pathlib import Path
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
+def _recognizer(args: argparse.Namespace):
+    import torch
+
+    from maskmatch.recognizer import Recognizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return Recognizer.load(args.model, device)
+    except (ValueError, OSError) as e:
+        raise UserError(" ".join(str(e).split())) from None
+
+
+def _app(args: argparse.Namespace):
+    from maskmatch.serve.app import create_app
+
+    return create_app(_recognizer(args), beam_size=args.beam, workers=args.workers, queue=args.queue)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A one-line UserError now, rather than uvicorn's log lines later, when host:port cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except socket.gaierror as e:
+        raise UserError(f"cannot listen on {host}: {e.strerror}") from None
+    except OSError as e:
+        hint = " (another program uses it: pick another --port)" if e.errno == errno.EADDRINUSE else ""
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _check_port(args.host, args.port)
+    app = _app(args)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"maskmatch: serving http://{shown}:{args.port}/ (Ctrl+C stops)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from maskmatch.serve.load import format_result, image_body, load_test, loopback, strokes_body
+    from maskmatch.serve.server import BackgroundServer
+
+    if args.image:
+        try:
+            body, kind = image_body(Path(args.image).read_bytes(), Path(args.image).name)
+        except OSError as e:
+            raise UserError(f"{args.image}: {e.strerror}") from None
+    else:
+        body, kind = strokes_body(), "application/json"
+    if args.url:
+        try:
+            loopback(args.url)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        result = load_test(args.url, body, kind, args.requests, args.concurrency)
+        what = f"server {args.url}"
+    else:
+        with BackgroundServer(_app(args)) as url:
+            result = load_test(url, body, kind, args.requests, args.concurrency)
+        what = (f"in-process server at {url}, model {args.model or 'shipped'}, "
+                f"{'greedy' if args.beam == 1 else f'beam {args.beam}'}, {args.workers} worker(s)")
+    print(format_result(result, f"{what}; {'image ' + args.image if args.image else 'strokes x^2+1'}"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+    return 0
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH", help="weights (.safetensors with its .json manifest); "
+                        "default: the weights shipped in the package")
+    parser.add_argument("--beam", type=positive_int, default=10, metavar="N",
+                        help="beam size for requests that do not say (1: greedy; default 10)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="inference threads (default 1; torch already uses all cores in each)")
+    parser.add_argument("--queue", type=_at_least_zero, default=8, metavar="N",
+                        help="requests that may wait for a worker; more get 429 (default 8)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="a local web page and JSON API: write or upload math, get LaTeX")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    _model_options(serve)
+    serve.set_defaults(run=_serve)
+
+    load = commands.add_parser("serve-load", help="load test of the API on loopback: requests/s and p95 latency")
+    load.add_argument("--url", help="a running server on this machine (loopback); default: start one in-process")
+    _model_options(load)
+    load.add_argument("--requests", "-n", type=positive_int, default=200, metavar="N", help="requests (default 200)")
+    load.add_argument("--concurrency", "-c", type=positive_int, default=8, metavar="C",
+                      help="requests in flight at once (default 8)")
+    load.add_argument("--image", metavar="PATH", help="post this image (multipart) instead of the sample strokes")
+    load.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    load.set_defaults(run=_load)

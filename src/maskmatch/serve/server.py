@@ -1,0 +1,33 @@
+"""uvicorn on a background thread, for tests and the load test: `with BackgroundServer(app) as url: ...`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+
+class BackgroundServer:
+    """Serves an ASGI app on host (loopback by default) and a free port (0) until the block ends."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        self.server, self.timeout = uvicorn.Server(config), timeout
+        self.thread = threading.Thread(target=self.server.run, name="maskmatch-serve", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(self.timeout)

@@ -1,0 +1,270 @@
+"""The JSON API of `maskmatch serve`: answers, per-token attention, limits and errors, static files, the CLI.
+A tiny random model answers; `writer_recognizer` is one biased to always write "x x x x x x"."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+from maskmatch.cli import main
+from maskmatch.data.inkml import read_inkml
+from maskmatch.data.render import RenderConfig, render_strokes
+from maskmatch.data.vocab import EOS, Vocabulary
+from maskmatch.model import HMERModel, ModelConfig
+from maskmatch.recognizer import Recognizer
+from maskmatch.serve.app import create_app
+from maskmatch.serve.inputs import strokes_grid
+from maskmatch.serve.load import SAMPLE_STROKES
+from maskmatch.serve.server import BackgroundServer
+from maskmatch.weights import save_weights
+
+INKML = """<ink xmlns="http://www.w3.org/2003/InkML">
+<trace>0 0, 10 10</trace>
+<trace>10 0, 0 10</trace>
+<trace>14 -6, 18 -6, 14 -1, 18 -1</trace>
+</ink>"""
+INK_STROKES = [[[0, 0], [10, 10]], [[10, 0], [0, 10]], [[14, -6], [18, -6], [14, -1], [18, -1]]]  # the same traces
+
+
+def tiny_model(max_len: int = 6) -> HMERModel:
+    torch.manual_seed(0)
+    return HMERModel(ModelConfig.tiny(max_len=max_len))
+
+
+def writer_recognizer() -> Recognizer:
+    """A tiny random model told to write x at every step and never stop: its answer is always 'x x x x x x'."""
+    model = tiny_model()
+    vocabulary = Vocabulary.load()
+    with torch.no_grad():
+        model.decoder.head.bias[EOS] = -100.0
+        model.decoder.head.bias[vocabulary.encode(["x"])[0]] = 100.0
+    return Recognizer(model, vocabulary, RenderConfig())
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_weights(path, tiny_model(), {"command": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_path) -> Recognizer:
+    return Recognizer.load(model_path)
+
+
+@pytest.fixture(scope="module")
+def client(recognizer):
+    with TestClient(create_app(recognizer, beam_size=2), raise_server_exceptions=False) as c:
+        yield c
+
+
+def png(strokes=INK_STROKES) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - render_strokes([np.array(s, float) for s in strokes])).save(buffer, "PNG")  # dark on white
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_strokes_answer_like_the_recognizer_on_the_same_inkml(client, recognizer):
+    r = client.post("/api/recognize", json={"strokes": INK_STROKES})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"latex", "tokens", "score", "ms"}
+    assert body["latex"] == " ".join(body["tokens"]) and body["ms"] > 0
+    expected = recognizer.recognize(INKML.encode(), beam_size=2)  # the InkML training renderer
+    assert body["tokens"] == expected.tokens and body["score"] == round(expected.score, 4)
+    assert np.array_equal(recognizer.preprocess(INK_STROKES), render_strokes(read_inkml(INKML.encode()).strokes))
+
+
+def test_image_upload_answers_like_the_recognizer(client, recognizer):
+    data = png()
+    r = client.post("/api/recognize", files={"file": ("x2.png", data, "image/png")})
+    assert r.status_code == 200
+    assert r.json()["tokens"] == recognizer.recognize(data, beam_size=2).tokens
+    greedy = client.post("/api/recognize?beam=1", files={"file": ("x2.png", data)}).json()
+    assert greedy["tokens"] == recognizer.recognize(data, beam_size=1).tokens
+
+
+def test_health(client):
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["beam"] == 2
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_attention_maps_each_token_and_leaves_the_answer_unchanged(client, recognizer, beam):
+    plain = client.post("/api/recognize", json={"strokes": SAMPLE_STROKES, "beam": beam}).json()
+    body = client.post("/api/recognize", json={"strokes": SAMPLE_STROKES, "beam": beam, "attention": True}).json()
+    assert (body["tokens"], body["score"]) == (plain["tokens"], plain["score"])
+    att = body["attention"]
+    image = recognizer.preprocess(SAMPLE_STROKES)
+    assert (att["rows"], att["cols"]) == (-(-image.shape[0] // 16), -(-image.shape[1] // 16))
+    assert len(att["maps"]) == len(body["tokens"])
+    for m in att["maps"]:
+        assert len(m) == att["rows"] * att["cols"] and abs(sum(m) - 1) < 1e-3
+    # the grid covers the ink: every pen point falls inside it, 16 px cells of the normalized image
+    g, points = att["grid"], np.concatenate([np.array(s, float) for s in SAMPLE_STROKES])
+    assert (points >= [g["x"], g["y"]]).all()
+    assert (points <= [g["x"] + att["cols"] * g["cell"], g["y"] + att["rows"] * g["cell"]]).all()
+    upload = client.post("/api/recognize", files={"file": ("x.png", png())}, data={"attention": "true"}).json()
+    assert upload["attention"]["image"].startswith("data:image/png;base64,")
+    assert upload["attention"]["grid"] == {"x": 0.0, "y": 0.0, "cell": 16.0}
+
+
+@pytest.mark.parametrize("strokes", [INK_STROKES, SAMPLE_STROKES, [[[0, 0], [300, 2]]], [[[0, 0], [1, 40], [2, 80]]],
+                                     [[[i * 20, 0], [i * 20 + 10, 10]] for i in range(60)]])
+def test_grid_maps_points_onto_the_rendered_ink(strokes):
+    """Pen points mapped through the grid land on the rendered ink's extent, give or take the pen's half width."""
+    arrays = [np.array(s, float) for s in strokes]
+    image = render_strokes(arrays)
+    g = strokes_grid(arrays, image.shape, RenderConfig(), 16)
+    points = np.concatenate(arrays)
+    lo, hi = (points.min(0) - [g["x"], g["y"]]) * 16 / g["cell"], (points.max(0) - [g["x"], g["y"]]) * 16 / g["cell"]
+    rows, cols = np.nonzero(image.any(1))[0], np.nonzero(image.any(0))[0]
+    np.testing.assert_allclose([lo[0], lo[1], hi[0], hi[1]], [cols[0], rows[0], cols[-1], rows[-1]], atol=2.5)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, status, message", [
+    (dict(content=b'{"strokes": [[[0, 0]', headers={"content-type": "application/json"}), 400, "bad JSON"),
+    (dict(files={"file": ("a.png", b"\x89PNG garbage" * 20)}), 400, "not a readable image"),
+    (dict(files={"file": ("a.png", b"")}), 400, "empty"),
+    (dict(json={"strokes": []}), 422, "no ink"),
+    (dict(json={"strokes": [[], []]}), 422, "no ink"),
+    (dict(json={"strokes": [[[0, 0, 1]]]}), 422, "stroke 0"),
+    (dict(json={"strokes": [[["a", 1]]]}), 422, "stroke 0"),
+    (dict(json={"strokes": "x"}), 422, "expected"),
+    (dict(json=[1, 2]), 422, "expected"),
+    (dict(json={"strokes": INK_STROKES, "beam": 0}), 422, "beam"),
+    (dict(json={"strokes": INK_STROKES, "beam": "many"}), 422, "beam"),
+    (dict(json={"strokes": INK_STROKES, "attention": "maybe"}), 422, "attention"),
+    (dict(data={"beam": "1"}, files={"other": ("a.png", b"x")}), 422, "field 'file'"),
+    (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "send JSON"),
+])
+def test_bad_requests_get_a_json_error(client, kwargs, status, message):
+    r = client.post("/api/recognize", **kwargs)
+    assert r.status_code == status and message in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_bodies_over_10_mb_get_413(client):
+    big = b"[" + b" " * (10 * 1024 * 1024) + b"]"
+    r = client.post("/api/recognize", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["error"]
+    chunked = (b" " * (1024 * 1024) for _ in range(12))  # no Content-Length: counted as it arrives
+    r = client.post("/api/recognize", content=chunked, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/api/recognize", files={"file": ("big.png", b"\0" * (10 * 1024 * 1024 + 10))})
+    assert r.status_code == 413
+
+
+def test_a_bug_is_a_json_500_not_a_traceback(recognizer, monkeypatch, caplog):
+    app = create_app(recognizer, katex=False)
+    monkeypatch.setattr(recognizer, "decode", lambda *a, **k: 1 / 0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/api/recognize", json={"strokes": INK_STROKES})
+    assert r.status_code == 500 and r.json() == {"error": "internal error: ZeroDivisionError"}
+
+
+def test_a_full_queue_answers_429(recognizer, monkeypatch):
+    """One worker, no queue: while a request is being decoded, the next one is refused at once."""
+    started, release = threading.Event(), threading.Event()
+    decode = recognizer.decode
+
+    def slow(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "decode", slow)
+    body = json.dumps({"strokes": INK_STROKES}).encode()
+    with BackgroundServer(create_app(recognizer, workers=1, queue=0, katex=False)) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def post() -> tuple[int, dict]:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("POST", "/api/recognize", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            return r.status, json.loads(r.read())
+
+        first = []
+        thread = threading.Thread(target=lambda: first.append(post()))
+        thread.start()
+        assert started.wait(30)
+        status, answer = post()
+        assert status == 429 and "busy" in answer["error"]
+        release.set()
+        thread.join(30)
+        assert first[0][0] == 200 and post()[0] == 200
+
+
+def test_static_files_cannot_escape_their_folder(recognizer):
+    """Raw request lines (no client-side path clean-up) against a live server."""
+    with BackgroundServer(create_app(recognizer)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for path in ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2f%2e%2e%2fcli.py",
+                     "/static/....//app.py", "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/katex/../../package.json",
+                     "/static/..\\app.py"]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            assert answer.split(b" ")[1] in (b"400", b"404"), (path, answer[:100])
+            assert b"create_app" not in answer and b"root:" not in answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(64).split(b" ")[1] == b"200"
+
+
+def test_page_and_missing_katex(recognizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="maskmatch.serve"):
+        app = create_app(recognizer, katex=False)
+    assert "KaTeX not found" in caplog.text and "make web" in caplog.text
+    with TestClient(app) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "/static/app.js" in page.text
+        assert c.get("/katex/katex.min.js").status_code == 404 and c.get("/static/style.css").status_code == 200
+        assert c.get("/api/health").json()["katex"] is False
+        assert c.get("/nowhere").json() == {"error": "Not Found"}
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_serve_without_weights_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no shipped weights" in err and "--model" in err
+
+
+def test_serve_reports_a_busy_port_and_a_missing_model(model_path, tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", str(model_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert main(["serve", "--port", "0", "--model", str(tmp_path / "missing.safetensors")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_load_test_refuses_other_hosts(model_path, capsys):
+    assert main(["serve-load", "--url", "http://192.0.2.1:8000", "--model", str(model_path)]) == 2
+    assert "only targets loopback" in capsys.readouterr().err

@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.benchmark",  # benchmark
     "maskmatch.results",  # results
+    "maskmatch.train.pipeline",  # train: all three stages
+    "maskmatch.attention_command",  # attention: maps over an image
     "maskmatch.serve.commands",  # serve, serve-load
 ]
 

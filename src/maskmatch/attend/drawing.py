@@ -18,14 +18,17 @@ def heat_colors(values: np.ndarray, colormap: str = "inferno") -> np.ndarray:
 
 
 def draw_maps(image: np.ndarray, maps: np.ndarray, columns: int = 4, alpha: float = 0.6,
-              colormap: str = "inferno") -> Image.Image:
+              colormap: str = "inferno", labels: list[str] | None = None) -> Image.Image:
     """image (H, W) uint8, ink bright on 0, as the model read it; maps (K, h, w) on its encoder cells,
     h = ceil(H / 16), w = ceil(W / 16) (padding cropped) -> an RGB sheet of K + 1 panels, `columns` a row:
-    the image, then each map (scaled to its own peak, upsampled bilinearly) blended over the image, labelled."""
+    the image, then each map (scaled to its own peak, upsampled bilinearly) blended over the image, labelled
+    "map k" or by `labels` (one per map, e.g. the decoded tokens)."""
     H, W = image.shape
     K, h, w = maps.shape
     if (h, w) != (-(-H // STRIDE), -(-W // STRIDE)):
         raise ValueError(f"maps of {h}x{w} cells do not belong to an image of {H}x{W} pixels")
+    if labels is not None and len(labels) != K:
+        raise ValueError(f"{len(labels)} labels for {K} maps")
     if not 0 <= alpha <= 1 or columns < 1:
         raise ValueError("alpha must lie in [0, 1] and columns be positive")
     gray = np.repeat(image[..., None], 3, axis=2).astype(np.float32)  # (H, W, 3)
@@ -36,7 +39,7 @@ def draw_maps(image: np.ndarray, maps: np.ndarray, columns: int = 4, alpha: floa
         up = Image.fromarray(scaled).resize((w * STRIDE, h * STRIDE), Image.Resampling.BILINEAR)
         heat = heat_colors(np.asarray(up)[:H, :W], colormap).astype(np.float32)  # (H, W, 3)
         panel = Image.fromarray(((1 - alpha) * gray + alpha * heat).round().astype(np.uint8))
-        ImageDraw.Draw(panel).text((2, 1), f"map {k}", fill=(255, 255, 255))
+        ImageDraw.Draw(panel).text((2, 1), labels[k] if labels else f"map {k}", fill=(255, 255, 255))
         panels.append(panel)
     rows = -(-len(panels) // columns)
     sheet = Image.new("RGB", (columns * W + (columns - 1) * GAP, rows * H + (rows - 1) * GAP), (48, 48, 48))

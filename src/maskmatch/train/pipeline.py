@@ -1,0 +1,250 @@
+"""`maskmatch train`: stages 1, 2 and 3 from one config and one time budget.
+
+The config holds one `model` section, shared by every stage, the `budget_split` and one section per
+stage: that stage's own config less its model (`maskmatch pretrain`, `attend`, `finetune`). Each stage
+runs as its own command would, in RUN_DIR/<stage>/, starting from the weights the one before exported:
+
+    pretrain -> pretrain/encoder.safetensors -> attend -> attend/attend.safetensors -> finetune -> model.safetensors
+
+A stage's time is its share of what is left when it starts, so time a stage leaves unused goes to the
+stages after it. `--resume` skips the stages that exported their weights, resumes the one that has a
+last.ckpt, and starts the rest. RUN_DIR/model.safetensors is the final model in the shipped-weights
+format, its manifest naming each stage's device, minutes and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+STAGES = ("pretrain", "attend", "finetune")
+EXPORTS = {"pretrain": "encoder.safetensors", "attend": "attend.safetensors", "finetune": "model.safetensors"}
+PRESETS = ("train-tiny", "train-small", "train-crohme")
+STATE = "train.json"  # the seconds each stage has spent, kept across sessions
+
+
+@dataclass(frozen=True)
+class BudgetSplit:
+    pretrain: float = 0.25  # share of the time budget for stage 1 (assumed; the ablations decide)
+    attend: float = 0.15  # share for stage 2 (assumed)
+    finetune: float = 0.6  # share for stage 3: the supervised stage is what ExpRate needs most (assumed)
+
+    def __post_init__(self):
+        if min(self.pretrain, self.attend, self.finetune) < 0 or self.pretrain + self.attend + self.finetune <= 0:
+            raise ValueError("budget_split shares must be non-negative, and not all zero")
+
+
+def stage_classes() -> dict:
+    from maskmatch.attend.config import AttendConfig
+    from maskmatch.pretrain.config import PretrainConfig
+    from maskmatch.train.config import FinetuneConfig
+
+    return {"pretrain": PretrainConfig, "attend": AttendConfig, "finetune": FinetuneConfig}
+
+
+def stage_configs(values: dict, overrides: list[str]) -> tuple[BudgetSplit, dict]:
+    """(budget split, {stage: typed config}) from the train YAML's values and --set assignments.
+
+    `--set model.KEY=V` changes every stage's model; `--set STAGE.KEY=V` one stage; `--set budget_split.S=V`."""
+    from maskmatch.config import from_dict, override
+
+    values = dict(values)
+    unknown = sorted(set(values) - {"model", "budget_split", *STAGES})
+    if unknown:
+        raise ValueError(f"unknown section {unknown[0]!r} (sections: model, budget_split, {', '.join(STAGES)})")
+    model = values.get("model") or {}
+    split = from_dict(BudgetSplit, values.get("budget_split") or {}, "budget_split")
+    configs = {}
+    for stage, cls in stage_classes().items():
+        section = values.get(stage) or {}
+        if "model" in section:
+            raise ValueError(f"{stage}.model: the model is one section shared by all stages")
+        configs[stage] = from_dict(cls, {"model": model, **section}, stage)
+    for assignment in overrides:
+        key = assignment.split("=", 1)[0]
+        head, _, rest = key.partition(".")
+        if head == "budget_split":
+            split = override(split, [assignment[len("budget_split."):]])
+        elif head == "model":
+            configs = {s: override(c, [assignment]) for s, c in configs.items()}
+        elif head in STAGES and rest:
+            configs[head] = override(configs[head], [assignment[len(head) + 1:]])
+        else:
+            raise ValueError(f"--set {assignment}: keys start with model., budget_split. or one of {', '.join(STAGES)}")
+    return split, configs
+
+
+def _load(args: argparse.Namespace, run_dir: Path) -> tuple[BudgetSplit, dict, dict]:
+    """(split, configs, the train YAML's values as saved in RUN_DIR/train.yaml)."""
+    import yaml
+
+    if args.resume:
+        if args.preset or args.config or args.overrides or args.data:
+            raise UserError("--resume continues RUN_DIR with its own train.yaml; drop --preset/--config/--set/--data")
+        source = run_dir / "train.yaml"
+        if not source.is_file():
+            raise UserError(f"{run_dir}: no train run to resume (train.yaml missing)")
+    elif args.preset:
+        source = resources.files("maskmatch").joinpath("presets", f"{args.preset}.yaml")
+    elif args.config:
+        source = Path(args.config)
+    else:
+        raise UserError("give --preset, --config FILE or --resume")
+    try:
+        values = yaml.safe_load(source.read_text("utf-8")) or {}
+        data = [f"{stage}.data.root={args.data}" for stage in STAGES] if args.data else []
+        split, configs = stage_configs(values, [] if args.resume else data + args.overrides)
+    except OSError as e:
+        raise UserError(f"{source}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: {e}") from None
+    return split, configs, values
+
+
+def _saved_values(split: BudgetSplit, configs: dict) -> dict:
+    """The train YAML of this run, overrides applied: what --resume reads back."""
+    from dataclasses import asdict
+
+    from maskmatch.config import to_dict
+
+    sections = {stage: {k: v for k, v in to_dict(c).items() if k != "model"} for stage, c in configs.items()}
+    return {"model": to_dict(configs["finetune"].model), "budget_split": asdict(split), **sections}
+
+
+def _stages(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The stages this run has, fixed at its start (train.json keeps them for --resume)."""
+    state = _state(run_dir)
+    if args.resume and "stages" in state:
+        return state["stages"]
+    return [s for s in STAGES if not (s == "pretrain" and args.skip_stage1 or s == "attend" and args.skip_stage2)]
+
+
+def _state(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / STATE).read_text("utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from maskmatch.cli import make_parser
+    from maskmatch.config import to_dict
+
+    run_dir = Path(args.out)
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} is not empty: add --resume to continue its run, or choose another --out")
+    split, configs, _ = _load(args, run_dir)
+    stages = _stages(args, run_dir)
+    if "attend" in stages and configs["finetune"].model.fusion == "none":
+        raise UserError("stage 2's attention reaches stage 3 only through a fusion: set model.fusion=gate or "
+                        "tokens, or skip stage 2 (--skip-stage2)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = _state(run_dir) if args.resume else {}
+    budget = args.time_budget if args.time_budget is not None else state.get("time_budget")
+    state.update(stages=stages, time_budget=budget, command=state.get("command") or _command_line(args))
+    state.setdefault("seconds", {})
+    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+    if not args.resume:
+        (run_dir / "train.yaml").write_text(yaml.safe_dump(_saved_values(split, configs), sort_keys=False), "utf-8")
+    previous = None  # the weights the next stage starts from
+    for i, stage in enumerate(stages):
+        folder, export = run_dir / stage, run_dir / stage / EXPORTS[stage]
+        if export.is_file():
+            print(f"train: {stage} already done ({export})", flush=True)
+            previous = export
+            continue
+        argv = [stage, "--out", str(folder), f"--devices={args.devices}", f"--nodes={args.nodes}",
+                f"--accelerator={args.accelerator}"] + (["--quiet"] if args.quiet else [])
+        if (folder / "last.ckpt").is_file():
+            argv.append("--resume")
+        else:
+            stage_yaml = run_dir / f"{stage}.yaml"
+            stage_yaml.write_text(yaml.safe_dump(to_dict(configs[stage]), sort_keys=False), "utf-8")
+            argv += ["--config", str(stage_yaml)] + (["--init", str(previous)] if previous else [])
+        if budget is not None:
+            left = budget - sum(state["seconds"].values())
+            shares = [getattr(split, s) for s in stages[i:]]
+            seconds = left * shares[0] / sum(shares) if sum(shares) else left / len(shares)
+            if seconds < 10:
+                raise UserError(f"the time budget is spent before {stage} ({left:.0f} s left); give a larger one")
+            argv += ["--time-budget", f"{seconds:.0f}"]
+        print(f"train: stage {i + 1}/{len(stages)}: maskmatch {shlex.join(argv)}", flush=True)
+        start = time.monotonic()
+        stage_args = make_parser().parse_args(argv)
+        code = stage_args.run(stage_args)
+        state["seconds"][stage] = state["seconds"].get(stage, 0.0) + time.monotonic() - start
+        (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+        if code != 0 or not export.is_file():
+            raise UserError(f"{stage} ended without {export}; fix the cause and continue with --resume")
+        previous = export
+    final = _export(run_dir, stages, state)
+    minutes = ", ".join(f"{s} {state['seconds'][s] / 60:.1f} min" for s in stages if s in state["seconds"])
+    print(f"train: wrote {final} (+ .json): {minutes}")
+    return 0
+
+
+def _export(run_dir: Path, stages: list[str], state: dict) -> Path:
+    """RUN_DIR/model.safetensors: stage 3's weights, their manifest telling every stage's part."""
+    from maskmatch.weights import manifest_path, read_manifest
+
+    source = run_dir / "finetune" / EXPORTS["finetune"]
+    manifest = read_manifest(source)
+    parts = {}
+    for stage in stages:
+        stage_manifest = read_manifest(run_dir / stage / EXPORTS[stage])
+        training = stage_manifest.get("training", {})
+        parts[stage] = {"device": training.get("device"), "minutes": training.get("minutes"),
+                        "step": training.get("step"), "command": stage_manifest.get("command")}
+    manifest["training"] = {**manifest.get("training", {}), "stage": "train", "stages": parts,
+                            "minutes": round(sum(state["seconds"].values()) / 60, 2)}
+    manifest["command"] = state["command"]
+    target = run_dir / EXPORTS["finetune"]
+    shutil.copyfile(source, target)
+    manifest_path(target).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    return target
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    words = ["maskmatch", "train"]
+    words += ["--preset", args.preset] if args.preset else ["--config", args.config] if args.config else []
+    for assignment in args.overrides:
+        words += ["--set", assignment]
+    words += ["--data", args.data] if args.data else []
+    words += ["--out", str(args.out)]
+    words += ["--time-budget", f"{args.time_budget:g}"] if args.time_budget is not None else []
+    words += ["--skip-stage1"] if args.skip_stage1 else []
+    words += ["--skip-stage2"] if args.skip_stage2 else []
+    return shlex.join(words)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="stages 1, 2 and 3 from one config and one time budget")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=PRESETS, help="a config shipped with maskmatch")
+    source.add_argument("--config", metavar="FILE", help="a YAML config: model, budget_split, pretrain, attend, finetune")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set model.fusion=tokens --set finetune.optim.lr=3e-4 --set budget_split.attend=0.2")
+    p.add_argument("--data", metavar="DIR", help="built data for every stage (sets STAGE.data.root)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: one sub-folder per stage, model.safetensors")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="for all stages, split by budget_split")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR: finished stages are skipped")
+    p.add_argument("--skip-stage1", action="store_true", help="no self-supervised pretraining (ablation)")
+    p.add_argument("--skip-stage2", action="store_true", help="no Mask & Match attention stage (ablation)")
+    p.add_argument("--devices", type=positive_int, default=1, help="devices per node (default 1; >1 uses DDP)")
+    p.add_argument("--nodes", type=positive_int, default=1, help="nodes (default 1; >1 uses DDP)")
+    p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto", help="default auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or model summaries")
+    p.set_defaults(run=_train)

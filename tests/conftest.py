@@ -40,3 +40,27 @@ def glyph(token: int) -> np.ndarray:
             r, c = 1 + 3 * (bit // 2), 1 + 3 * (bit % 2)
             g[r : r + 3, c : c + 3] = 255
     return g
+
+
+def build_train_split(root: Path, n: int) -> Path:
+    """root/train/cache as `maskmatch data build` writes it: n expressions of 3-5 glyphs drawn at twice the
+    `glyph` size (24 x 16), 48 px high; returns root."""
+    from dataclasses import asdict
+
+    from maskmatch.data.cache import CacheWriter
+    from maskmatch.data.render import RenderConfig
+    from maskmatch.data.vocab import Vocabulary
+
+    vocab = Vocabulary.load()
+    ids = vocab.encode(list("0123456789abcdefxyz"))
+    rng = np.random.default_rng(0)
+    writer = CacheWriter(root / "train" / "cache", vocab.symbols, asdict(RenderConfig()))
+    for k in range(n):
+        seq = rng.choice(ids, rng.integers(3, 6)).tolist()
+        image = np.zeros((48, 20 * len(seq) + 12), np.uint8)
+        for i, t in enumerate(seq):
+            top = rng.integers(4, 20)
+            image[top : top + 24, 6 + 20 * i : 22 + 20 * i] = np.kron(glyph(t), np.ones((2, 2), np.uint8))
+        writer.add(f"e{k:03d}", image, seq)
+    writer.close()
+    return root

@@ -94,7 +94,7 @@ def test_progressive_run_validates_and_hands_off_stage_three_names():
     assert all(handoff[k].shape == v.shape for k, v in expected.items())
     missing, unexpected = fused.load_state_dict(handoff, strict=False)
     assert not unexpected and set(missing) == {k for k in fused.state_dict() if k.startswith(("decoder.", "fusion."))}
-    assert torch.equal(fused.encoder.proj.weight, module.encoder.proj.weight)
+    assert torch.equal(fused.encoder.proj.weight, module.teacher.module.encoder.proj.weight)  # the teacher's
     # the teacher moved towards the student but is not the student
     t, s = module.teacher.module.encoder.proj.weight, module.encoder.proj.weight
     assert not torch.equal(t, s)

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import glyph
+from conftest import build_train_split
 
 from maskmatch.cli import main
-from maskmatch.data.cache import CacheWriter
-from maskmatch.data.render import RenderConfig
-from maskmatch.data.vocab import Vocabulary
 from maskmatch.model import HMERModel, ModelConfig
 from maskmatch.train.callbacks import read_log
 from maskmatch.train.config import DataConfig
@@ -38,26 +35,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def build_split(root: Path, n: int) -> Path:
-    """A train split of n expressions of 3-5 glyphs drawn twice the conftest size (24 x 16), 48 px high."""
-    vocab = Vocabulary.load()
-    ids = vocab.encode(list("0123456789abcdefxyz"))
-    rng = np.random.default_rng(0)
-    writer = CacheWriter(root / "train" / "cache", vocab.symbols, asdict(RenderConfig()))
-    for k in range(n):
-        seq = rng.choice(ids, rng.integers(3, 6)).tolist()
-        image = np.zeros((48, 20 * len(seq) + 12), np.uint8)
-        for i, t in enumerate(seq):
-            top = rng.integers(4, 20)
-            image[top : top + 24, 6 + 20 * i : 22 + 20 * i] = np.kron(glyph(t), np.ones((2, 2), np.uint8))
-        writer.add(f"e{k:03d}", image, seq)
-    writer.close()
-    return root
-
-
 @pytest.fixture(scope="module")
 def labelled_root(tmp_path_factory) -> Path:
-    return build_split(tmp_path_factory.mktemp("labelled"), 64)
+    return build_train_split(tmp_path_factory.mktemp("labelled"), 64)
 
 
 @pytest.fixture(scope="module")

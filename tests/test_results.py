@@ -40,9 +40,10 @@ def test_results_writes_tables_scores_and_training(run, tmp_path, capsys):
     data.mkdir()
     for split in ("2014", "2016", "2019"):
         (data / split).symlink_to(EXAMPLES)
-    out = tmp_path / "results"
+    out, readme = tmp_path / "results", tmp_path / "README.md"
+    readme.write_text("# Project\n<!-- results:start -->\nold table\n<!-- results:end -->\nmore\n", "utf-8")
     code = main(["results", "--model", str(run / "model.safetensors"), "--data", str(data), "--out", str(out),
-                 "--beam", "2"])
+                 "--beam", "2", "--readme", str(readme)])
     assert code == 0
     scores = json.loads((out / "scores.json").read_text("utf-8"))
     n = len((EXAMPLES / "caption.txt").read_text("utf-8").splitlines())
@@ -55,6 +56,8 @@ def test_results_writes_tables_scores_and_training(run, tmp_path, capsys):
     table = (out / "README.md").read_text("utf-8")
     assert "maskmatch results --model" in table and "| beam 2 |" in table and "| greedy |" in table
     assert all(name in table for name in PUBLISHED)
+    text = readme.read_text("utf-8")
+    assert "old table" not in text and "| beam 2 |" in text and text.endswith("<!-- results:end -->\nmore\n")
 
 
 def test_results_refuses_missing_splits_and_runs_without_logs(run, tmp_path, capsys):

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "maskmatch.data.commands",  # data build, data sheet
     "maskmatch.train.commands",  # finetune
     "maskmatch.pretrain.commands",  # pretrain
+    "maskmatch.attend.commands",  # attend
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.benchmark",  # benchmark
     "maskmatch.results",  # results

@@ -25,6 +25,7 @@ from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 
 SPLITS = ("2014", "2016", "2019")
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"  # where --readme writes
 STAGES = ("pretrain", "attend", "finetune")  # the sub-folders `maskmatch train` writes, in order
 # ExpRate (%) on CROHME 2014 / 2016 / 2019 as published (each paper's own table, beam search, no extra data).
 PUBLISHED = {
@@ -85,6 +86,24 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_section(path: Path) -> tuple[str, int, int]:
+    """(text, start, end) of README_START ... README_END in `path`; a UserError if there is none."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise UserError(f"{path}: no {README_START} ... {README_END} section to write the table into")
+    return text, start + len(README_START), end
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replaces the text between README_START and README_END in `path` with `table`."""
+    text, start, end = readme_section(path)
+    path.write_text(text[:start] + "\n" + table + text[end:], "utf-8")
+
+
 def ship(model: Path, scores: dict, command: str, target: Path | None = None) -> Path:
     """Copies the weights to `target` (default: the package's shipped weights) and writes their manifest
     there with the test scores and this command added. The manifest's sha256 covers the tensors only."""
@@ -113,6 +132,8 @@ def _results(args: argparse.Namespace) -> int:
     for folder in folders.values():
         if not (folder / "caption.txt").is_file():
             raise UserError(f"{folder}: not an offline split (no caption.txt); build it with `maskmatch data build`")
+    if args.readme:
+        readme_section(Path(args.readme))  # before the long evaluation
     try:
         rec = Recognizer.load(model, args.device or "cpu")
     except ValueError as e:
@@ -133,8 +154,12 @@ def _results(args: argparse.Namespace) -> int:
     for stage, folder in stage_folders(run_dir).items():
         if (folder / "curves.png").is_file():
             shutil.copyfile(folder / "curves.png", out / f"curves-{stage}.png")
-    (out / "README.md").write_text(markdown(scores, training, command, rec.manifest), "utf-8")
+    table = markdown(scores, training, command, rec.manifest)
+    (out / "README.md").write_text(table, "utf-8")
     print(f"wrote {out}/README.md, scores.json, training.json")
+    if args.readme:
+        update_readme(Path(args.readme), table.split("\n", 2)[2])  # less the "# Results" heading
+        print(f"updated the results section of {args.readme}")
     if args.ship:
         print(f"shipped {ship(model, scores, command)} (+ .json)")
     return 0
@@ -146,6 +171,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += ["--run", args.run_dir] if args.run_dir else []
     words += ["--splits", *args.splits] if list(args.splits) != list(SPLITS) else []
     words += ["--beam", str(args.beam)] if args.beam != 10 else []
+    words += ["--readme", args.readme] if args.readme else []
     return shlex.join(words + (["--ship"] if args.ship else []))
 
 
@@ -159,5 +185,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default 16")
     p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--readme", metavar="FILE", help=f"also write the table into FILE between {README_START} and "
+                   f"{README_END}")
     p.add_argument("--ship", action="store_true", help="copy the model into the package as the shipped weights")
     p.set_defaults(run=_results)

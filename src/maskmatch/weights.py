@@ -45,6 +45,8 @@ MODULE_FIELDS = {
     "encoder": ("in_channels", "growth_rate", "block_layers", "reduction", "d_model", "pos_temperature"),
     "decoder": ("d_model", "nhead", "num_decoder_layers", "dim_feedforward", "norm_first", "vocab_size",
                 "pos_temperature"),
+    "attention": ("d_model", "attention_maps"),  # stage 2's attention network (model/attention.py)
+    "fusion": ("fusion", "d_model", "attention_maps"),  # gate and tokens differ in tensors and meaning
 }
 
 
@@ -152,15 +154,16 @@ def init_from_weights(model: HMERModel, path: str | Path) -> dict:
     if {_module(k) for k in tensors} != held:
         raise ValueError(f"{path}: its tensors' modules {sorted({_module(k) for k in tensors})} are not the "
                          f"manifest's {sorted(held)}")
+    absent = sorted(held - {_module(k) for k in model.state_dict()})
+    if absent:
+        hint = "; set model.fusion=gate (or tokens) to use its attention network" if "attention" in absent else ""
+        raise ValueError(f"{path}: holds {', '.join(absent)} weights, which this model has no module for{hint}")
     theirs, ours = model_config(manifest), model.config
     for module in sorted(held):
         for name in MODULE_FIELDS.get(module, ()):
             if getattr(theirs, name) != getattr(ours, name):
                 raise ValueError(f"{path}: its {module} has model.{name}={getattr(theirs, name)!r}, this model "
                                  f"{getattr(ours, name)!r}; set model.{name} to match")
-    absent = sorted(held - {_module(k) for k in model.state_dict()})
-    if absent:
-        raise ValueError(f"{path}: holds {', '.join(absent)} weights, which this model has no module for")
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # shape mismatches

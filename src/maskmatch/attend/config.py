@@ -1,4 +1,4 @@
-"""The typed config of stage 2 (Mask & Match): model, masking, loss, data, optim and trainer sections."""
+"""The typed config of stage 2 (Mask & Match): model, masking, loss, data, optim and trainer sections, and init."""
 
 from __future__ import annotations
 
@@ -53,3 +53,4 @@ class AttendConfig:
     data: DataConfig = field(default_factory=DataConfig)  # the train split less the held-out slice; labels unused
     optim: AttendOptimConfig = field(default_factory=AttendOptimConfig)  # optimizer, schedule, teacher momentum
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # how long, how precise, how often to log and save
+    init: str | None = None  # stage 1's encoder.safetensors the student and teacher start from; None: random

@@ -11,8 +11,10 @@ A training step: the teacher encodes the whole images (features, maps, embedding
          + w_div diversity(student maps) + w_ent entropy(student maps).
 After the optimizer step the teacher takes the student's weights with momentum m(progress).
 
-Hand-off to stage 3: the student's `encoder.*` and `attention.*` tensors (`handoff()`), named as in
-HMERModel(ModelConfig(fusion=...)).state_dict() for a fusion other than "none".
+Hand-off to stage 3: the teacher's `encoder.*` and `attention.*` tensors (`handoff()`, `handoff_model`), named as
+in HMERModel(ModelConfig(fusion=...)).state_dict() for a fusion other than "none". The teacher, as DINO exports it:
+it reads whole images, as stage 3 and inference do (the student only ever saw masked ones), its maps are the
+ones that guided the masking, and a momentum average of the student is the steadier of the two.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from maskmatch.train.schedule import lr_factor
 
 CHECKPOINT_FORMAT = 1
 STAGE = "attend"
-HANDOFF_PREFIXES = ("encoder.", "attention.")
 VALIDATION_PROGRESS = 1.0  # validation masks at the schedule's end values, the same at every epoch
 
 
@@ -54,9 +55,9 @@ class AttendModule(L.LightningModule):
     """Trains `encoder`, `attention` and `predictor` (the student); `teacher` is their EMA (encoder and attention).
 
     Logs per step: loss, match, prediction, diversity, entropy (unweighted terms), mask_ratio (hidden ink
-    achieved), block (pixels), guided (share), momentum; per validation: val_match (top-1 % of student
-    embeddings, on masked held-out images, whose nearest teacher embedding of the batch, same map, is their
-    own image's) and val_loss.
+    achieved), block (pixels), guided (share), momentum (also `step_extras`, for log.jsonl); per validation:
+    val_match (top-1 % of student embeddings, on masked held-out images, whose nearest teacher embedding of the
+    batch, same map, is their own image's) and val_loss (`val_record()`).
     """
 
     def __init__(self, config: AttendConfig, channels_last: bool = False):
@@ -73,8 +74,9 @@ class AttendModule(L.LightningModule):
         self.match_loss, self.prediction_loss = MatchLoss(c.temperature), PredictionLoss()
         self.diversity_loss, self.entropy_loss = DiversityLoss(), EntropyLoss()
         self.total_steps, self.planned = 1, False
-        self.val_match, self.val_n = float("nan"), 0
+        self.val_match, self.val_loss, self.val_n = float("nan"), float("nan"), 0
         self.step_lr = 0.0  # learning rate of the latest training step
+        self._extras: dict = {}  # the latest step's terms and schedule values, read when a log line is written
         self._val_sums = [0.0, 0.0, 0.0]  # matches, embeddings seen, loss * images
 
     def student(self) -> nn.ModuleDict:
@@ -82,8 +84,17 @@ class AttendModule(L.LightningModule):
         return nn.ModuleDict({"encoder": self.encoder, "attention": self.attention})
 
     def handoff(self) -> dict[str, torch.Tensor]:
-        """Stage 3's initial tensors: the student's encoder.* and attention.* (HMERModel names)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(HANDOFF_PREFIXES)}
+        """Stage 3's initial tensors: the teacher's encoder.* and attention.* (HMERModel names)."""
+        return dict(self.teacher.module.state_dict())
+
+    @property
+    def step_extras(self) -> dict[str, float]:
+        """The latest training step's loss terms and schedule values (read only when logged: no sync every step)."""
+        return {k: round(float(v), 5) for k, v in self._extras.items()}
+
+    def val_record(self) -> dict:
+        """The latest validation, as log.jsonl records it."""
+        return {"val_match": round(self.val_match, 4), "val_loss": round(self.val_loss, 5), "val_n": self.val_n}
 
     @property
     def progress(self) -> float:
@@ -149,6 +160,8 @@ class AttendModule(L.LightningModule):
             self.log(key, out[key].detach(), prog_bar=key == "loss", batch_size=len(batch))
         for key, value in (("block", out["block"]), ("guided", out["guided"]), ("momentum", momentum)):
             self.log(key, value, batch_size=len(batch))
+        self._extras = {k: out[k].detach() for k in ("match", "prediction", "diversity", "entropy", "mask_ratio")}
+        self._extras.update(block=out["block"], guided=out["guided"], momentum=momentum)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -176,9 +189,10 @@ class AttendModule(L.LightningModule):
         matches, seen, loss = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         K = self.config.model.attention_maps
         self.val_match, self.val_n = 100.0 * matches / max(seen, 1), int(seen) // K
+        self.val_loss = loss / max(self.val_n, 1)
         if not self.trainer.sanity_checking:
             self.log("val_match", self.val_match, prog_bar=True, sync_dist=True)  # equal on all ranks already
-            self.log("val_loss", loss / max(self.val_n, 1), sync_dist=True)
+            self.log("val_loss", self.val_loss, sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoints describe themselves
 
@@ -203,3 +217,20 @@ def checkpoint_meta(checkpoint: dict) -> dict:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
     return meta
+
+
+def handoff_model(checkpoint: dict) -> "HMERModel":
+    """An HMERModel (fusion "gate" unless the config names another) whose encoder and attention network hold a
+    stage-2 checkpoint's teacher; its decoder and fusion stay as initialized (the hand-off file leaves them out)."""
+    from dataclasses import replace
+
+    from maskmatch.model import HMERModel
+
+    config = from_dict(ModelConfig, checkpoint_meta(checkpoint)["config"]["model"])
+    model = HMERModel(replace(config, fusion=config.fusion if config.fusion != "none" else "gate"))
+    prefix = "teacher.module."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or {k.split(".", 1)[0] for k in missing} - {"decoder", "fusion"}:
+        raise ValueError(f"the checkpoint's teacher does not fit {sorted(unexpected or missing)[:3]}")
+    return model.eval()

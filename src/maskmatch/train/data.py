@@ -111,10 +111,10 @@ class ResumableLoader(DataLoader):
         self._resume = dict(state)
 
 
-def open_split(root: str | Path, split: str) -> Cache:
+def open_split(root: str | Path, split: str, labels: bool = True) -> Cache:
     folder = Path(root) / split
     try:
-        return Cache.open(folder)
+        return Cache.open(folder, labels=labels)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
 
@@ -138,15 +138,23 @@ def held_out_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 class FinetuneData(L.LightningDataModule):
-    """The train split of a built data folder, less a held-out validation slice; one rank's share of each."""
+    """The train split of a built data folder, less a held-out validation slice; one rank's share of each.
 
-    def __init__(self, config: DataConfig, seed: int):
+    labels=False (stage 2): the images alone, token files never opened, every training image (no label_fraction).
+    """
+
+    def __init__(self, config: DataConfig, seed: int, labels: bool = True):
         super().__init__()
         self.config, self.seed = config, seed
-        self.cache = open_split(config.root, config.train_split)
+        self.cache = open_split(config.root, config.train_split, labels)
         train, val = held_out_split(len(self.cache), config.val_size, config.val_seed)
-        train = label_subset(train, config.label_fraction, config.label_seed)
-        self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)
+        if labels:
+            train = label_subset(train, config.label_fraction, config.label_seed)
+            self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)
+        else:
+            from maskmatch.pretrain.data import ImageDataset  # here: pretrain.data imports this module
+
+            self.train_set, self.val_set = ImageDataset(self.cache, train), ImageDataset(self.cache, val)
         render = self.cache.render_config
         self.max_height, self.max_width = int(render.get("max_height", 10**9)), int(render.get("max_width", 10**9))
 

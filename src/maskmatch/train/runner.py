@@ -1,0 +1,242 @@
+"""One Lightning run for every training command (pretrain, attend, finetune): config, resume checks, callbacks.
+
+A command describes what differs in a `Stage` (its config class, data, module, checkpoint check, monitored
+value, log panels) and calls `run_stage`, which loads the config (a preset, a file, or RUN_DIR/config.yaml on
+--resume, then --set, --time-budget, --init, --label-fraction), refuses to overwrite a run, writes
+config.yaml, and fits with the budget planner, atomic checkpoints, log.jsonl and curves.png. What the
+command then reports and exports is its own. Lightning is imported inside, so `maskmatch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+RESUME_MAY_CHANGE = frozenset({"data.root", "data.workers", "trainer.time_budget", "trainer.log_every_n_steps",
+                               "trainer.checkpoint_every_n_steps"})  # what --set may change on --resume: not what is learned
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What differs between the training commands."""
+
+    name: str  # the command ("pretrain", "attend", "finetune"), as the user types it
+    config_class: type  # its typed config: sections model, data, optim and trainer at least
+    make_data: Callable[[Any], Any]  # config -> LightningDataModule (its `cache` holds the vocabulary)
+    make_module: Callable[[Any, Any, bool], Any]  # (config, data, channels_last) -> LightningModule
+    checkpoint_meta: Callable[[dict], dict]  # checkpoint -> its maskmatch section; ValueError if not this stage's
+    monitor: str  # the module's validation attribute best.ckpt follows
+    mode: str  # "max" or "min": which way the monitored value is better
+    validation_record: Callable[[Any], dict]  # module -> the validation line of log.jsonl
+    panels: tuple  # curves.png: ((log keys, title), ...)
+    initialize: Callable[[Any, str | None], None] | None = None  # (module, config.init): a fresh run's start weights
+    validate_first: bool = False  # a fresh run validates the whole held-out slice at step 0 and logs it
+
+
+@dataclass
+class Run:
+    """A finished run, on rank 0, that validated at least once (best.ckpt exists)."""
+
+    stage: Stage
+    config: Any
+    run_dir: Path
+    data: Any
+    trainer: Any
+    checkpoints: Any  # RunCheckpoints: best, best_step, val_n
+    log: Any  # RunLog: run_seconds()
+
+
+def add_run_options(parser: argparse.ArgumentParser, presets: tuple[str, ...], sections: str, example: str,
+                    outputs: str) -> None:
+    """The options every training command takes: where the config comes from, --set, --out, --time-budget,
+    --resume and the devices. `sections` and `example` word the help of --config and --set, `outputs` of --out."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=presets, help="a config shipped with maskmatch")
+    source.add_argument("--config", metavar="FILE", help=f"a YAML config (sections {sections})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override one value, e.g. {example}")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help=f"run folder: {outputs}")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="plan the run to end within this many seconds (trainer.time_budget)")
+    parser.add_argument("--resume", action="store_true", help="continue RUN_DIR from last.ckpt")
+    parser.add_argument("--devices", type=positive_int, default=1, help="devices per node (default 1; >1 uses DDP)")
+    parser.add_argument("--nodes", type=positive_int, default=1, help="nodes (default 1; >1 uses DDP)")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto", help="default auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or model summary")
+
+
+def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME_MAY_CHANGE):
+    """The run's config: a preset, a file or (--resume) RUN_DIR/config.yaml, then --set, --time-budget and, where
+    the command has them, --label-fraction and --init."""
+    import dataclasses
+
+    import yaml
+
+    from maskmatch.config import from_dict, override, to_dict
+
+    run_dir = Path(args.out)
+    if args.resume:
+        if args.preset or args.config:
+            raise UserError("--resume continues RUN_DIR with its own config.yaml; drop --preset/--config")
+        source = run_dir / "config.yaml"
+        if not (run_dir / "last.ckpt").is_file() or not source.is_file():
+            raise UserError(f"{run_dir}: no run to resume (config.yaml and last.ckpt needed)")
+        text = source.read_text("utf-8")
+    elif args.preset:
+        text = resources.files("maskmatch").joinpath("presets", f"{args.preset}.yaml").read_text("utf-8")
+    elif args.config:
+        try:
+            text = Path(args.config).read_text("utf-8")
+        except OSError as e:
+            raise UserError(f"{args.config}: cannot read config ({e.strerror})") from None
+    else:
+        raise UserError("give --preset, --config FILE or --resume")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{source if args.resume else args.config or args.preset}: not valid YAML "
+                        f"({str(e).splitlines()[0]})") from None
+    saved = from_dict(config_class, values)
+    config = override(saved, args.overrides)
+    if args.time_budget is not None:
+        config = override(config, [f"trainer.time_budget={args.time_budget}"])
+    if getattr(args, "label_fraction", None) is not None:
+        config = override(config, [f"data.label_fraction={args.label_fraction}"])
+    if getattr(args, "init", None) is not None:
+        config = dataclasses.replace(config, init=str(args.init))
+    if args.resume:
+        changed = sorted(set(_changed(to_dict(saved), to_dict(config))) - resume_may_change)
+        if changed:
+            raise UserError(f"--resume continues the run as configured: {changed[0]} cannot change "
+                            f"(only {', '.join(sorted(resume_may_change))}); start a new run instead")
+    return config
+
+
+def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts of the same shape."""
+    keys = []
+    for key, value in a.items():
+        if isinstance(value, dict) and isinstance(b[key], dict):
+            keys += _changed(value, b[key], f"{prefix}{key}.")
+        elif b[key] != value:
+            keys.append(prefix + key)
+    return keys
+
+
+def check_resumable(path: Path, checkpoint_meta: Callable[[dict], dict]) -> None:
+    """A checkpoint this stage can continue, or a UserError (memory-mapped: cheap even for a large file)."""
+    import pickle
+
+    import torch
+
+    try:
+        checkpoint_meta(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path}: cannot resume from it ({str(e).splitlines()[0]})") from None
+
+
+def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None) -> Run | None:
+    """Trains `stage` as `args` say (the options of `add_run_options`, plus init and label_fraction where the command
+    has them). None on ranks other than 0 and when no validation ran; a user's mistake is a UserError."""
+    start = time.monotonic() if start is None else start
+    config = load_config(args, stage.config_class)
+    run_dir = Path(args.out)
+    if not args.resume and (run_dir / "last.ckpt").exists():
+        raise UserError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+
+    import warnings
+
+    import lightning as L
+    import torch
+    import yaml
+
+    from maskmatch.config import to_dict
+    from maskmatch.train.callbacks import (LAST, AtomicCheckpointIO, BudgetPlanner, RunCheckpoints, RunLog,
+                                           remove_stale_temporaries, write_atomic)
+    from maskmatch.train.module import NonFiniteLoss
+
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # workers are a config choice
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning's, not ours
+    t = config.trainer
+    gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
+    data = stage.make_data(config)
+    if len(data.cache.vocabulary) != config.model.vocab_size:
+        raise UserError(f"model.vocab_size is {config.model.vocab_size}, the data's vocabulary has "
+                        f"{len(data.cache.vocabulary)} symbols")
+    if args.resume:
+        check_resumable(run_dir / LAST, stage.checkpoint_meta)
+    L.seed_everything(t.seed, verbose=False)
+    module = stage.make_module(config, data, gpu)
+    if stage.initialize and not args.resume:  # a resumed run's weights come from last.ckpt
+        stage.initialize(module, config.init)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
+    text = yaml.safe_dump(to_dict(config), sort_keys=False).encode("utf-8")
+    write_atomic(run_dir / "config.yaml", lambda f: f.write(text))
+
+    log = RunLog(run_dir, t.log_every_n_steps, start, validation_record=stage.validation_record, panels=stage.panels,
+                 log_initial_validation=stage.validate_first)
+    checkpoints = RunCheckpoints(run_dir, t.checkpoint_every_n_steps, log, monitor=stage.monitor, mode=stage.mode)
+    planner = BudgetPlanner(t.max_epochs, t.time_budget, t.plan_after_steps, start, checkpoints, log)
+    many = args.devices * args.nodes > 1
+    trainer = L.Trainer(
+        accelerator=args.accelerator, devices=args.devices, num_nodes=args.nodes, strategy="ddp" if many else "auto",
+        precision="bf16-mixed" if gpu and t.precision == "bf16-mixed" else "32-true",
+        max_epochs=t.max_epochs, logger=False, enable_checkpointing=False, use_distributed_sampler=False,
+        gradient_clip_val=config.optim.grad_clip or None, default_root_dir=run_dir,
+        num_sanity_val_steps=-1 if stage.validate_first and not args.resume else 2,  # -1: the whole held-out slice
+        callbacks=[planner, checkpoints, log],
+        enable_progress_bar=not args.quiet, plugins=[AtomicCheckpointIO()], enable_model_summary=not args.quiet)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=run_dir / LAST if args.resume else None)
+    except NonFiniteLoss as e:
+        last = run_dir / LAST
+        raise UserError(f"{e}; " + (f"the last checkpoint is {last} (step {checkpoints.saved_step})" if last.is_file()
+                                    else "no checkpoint was written")) from None
+    if not trainer.is_global_zero:
+        return None
+    if checkpoints.best is None:
+        print(f"no validation ran, so no best.ckpt; {run_dir}/last.ckpt holds the run")
+        return None
+    return Run(stage, config, run_dir, data, trainer, checkpoints, log)
+
+
+def command_line(args: argparse.Namespace, command: str) -> str:
+    """The command as a user would type it again (from the parsed arguments, so in-process calls get it right)."""
+    words = ["maskmatch", command]
+    words += ["--preset", args.preset] if args.preset else ["--config", args.config] if args.config else []
+    for assignment in args.overrides:
+        words += ["--set", assignment]
+    words += ["--out", str(args.out)]
+    words += ["--time-budget", f"{args.time_budget:g}"] if args.time_budget is not None else []
+    words += ["--resume"] if args.resume else []
+    words += ["--init", str(args.init)] if getattr(args, "init", None) else []
+    words += ["--label-fraction", f"{args.label_fraction:g}"] if getattr(args, "label_fraction", None) else []
+    words += [f"--devices={args.devices}", f"--nodes={args.nodes}", f"--accelerator={args.accelerator}"]
+    return shlex.join(words)
+
+
+def device_words(trainer) -> str:
+    """What the run ran on, e.g. "NVIDIA H100 80GB HBM3" or "2 x CPU (1 threads)"."""
+    import torch
+
+    if trainer.strategy.root_device.type == "cuda":
+        name = torch.cuda.get_device_name(trainer.strategy.root_device)
+    else:
+        name = f"CPU ({torch.get_num_threads()} threads)"
+    return f"{trainer.world_size} x {name}" if trainer.world_size > 1 else name
+
+
+def manifest_training(run: Run, checkpoint_config: dict, args: argparse.Namespace) -> dict:
+    """The manifest's "command" and "training" sections of a run's exported weights (best.ckpt's)."""
+    return {"command": command_line(args, run.stage.name),
+            "training": {"stage": run.stage.name, "config": checkpoint_config, "step": run.checkpoints.best_step,
+                         "device": device_words(run.trainer), "minutes": round(run.log.run_seconds() / 60, 2)}}

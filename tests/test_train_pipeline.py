@@ -1,0 +1,89 @@
+"""`maskmatch train`: stages 1, 2 and 3 end to end on CPU with the tiny preset, their hand-offs, the budget
+split and resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import build_train_split
+
+from maskmatch.cli import main
+from maskmatch.recognizer import Recognizer
+from maskmatch.train.pipeline import BudgetSplit, stage_configs
+from maskmatch.weights import read_manifest
+
+PRESET = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets" / "train-tiny.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return build_train_split(tmp_path_factory.mktemp("data"), 40)
+
+
+def train_args(root: Path, out: Path, *extra: str) -> list[str]:
+    sets = ["pretrain.trainer.max_epochs=1", "attend.trainer.max_epochs=1", "finetune.trainer.max_epochs=2"]
+    return ["train", "--preset", "train-tiny", "--data", str(root), *[w for s in sets for w in ("--set", s)],
+            "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "train"
+    assert main(train_args(data_root, out)) == 0
+    return out
+
+
+def test_all_three_stages_run_and_hand_off(run):
+    for stage, export in (("pretrain", "encoder"), ("attend", "attend"), ("finetune", "model")):
+        assert (run / stage / f"{export}.safetensors").is_file(), stage
+    assert read_manifest(run / "attend" / "attend.safetensors")["command"].count("--init") == 1
+    assert yaml.safe_load((run / "finetune" / "config.yaml").read_text("utf-8"))["init"].endswith("attend.safetensors")
+    rec = Recognizer.load(run / "model.safetensors")
+    assert rec.model.config.fusion == "gate"
+    stages = rec.manifest["training"]["stages"]
+    assert list(stages) == ["pretrain", "attend", "finetune"] and all(s["minutes"] >= 0 for s in stages.values())
+    assert rec.manifest["command"].startswith("maskmatch train --preset train-tiny")
+
+
+def test_resume_of_a_finished_run_skips_every_stage(run, capsys):
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done") == 3 and (run / "model.safetensors").read_bytes() == before
+
+
+def test_skipping_stages_starts_stage_3_from_what_ran(data_root, tmp_path):
+    out = tmp_path / "s1-only"
+    assert main(train_args(data_root, out, "--skip-stage2", "--set", "model.fusion=none")) == 0
+    assert not (out / "attend").exists()
+    assert yaml.safe_load((out / "finetune" / "config.yaml").read_text("utf-8"))["init"].endswith("encoder.safetensors")
+    assert json.loads((out / "train.json").read_text("utf-8"))["stages"] == ["pretrain", "finetune"]
+
+
+def test_budget_split_and_overrides_route_to_stages():
+    values = yaml.safe_load(PRESET.read_text("utf-8"))
+    split, configs = stage_configs(values, ["model.fusion=tokens", "finetune.optim.lr=1e-3", "budget_split.attend=0.4"])
+    assert split == BudgetSplit(pretrain=0.3, attend=0.4, finetune=0.5)
+    assert {c.model.fusion for c in configs.values()} == {"tokens"}
+    assert configs["finetune"].optim.lr == 1e-3 and configs["attend"].optim.lr != 1e-3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "model.fusion=none"], "set model.fusion=gate or tokens"),
+    (["--set", "decoder.x=1"], "keys start with model."),
+    (["--set", "budget_split.pretrain=-1"], "non-negative"),
+])
+def test_config_mistakes_are_one_line(data_root, tmp_path, capsys, extra, message):
+    assert main(train_args(data_root, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

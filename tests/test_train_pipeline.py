@@ -32,6 +32,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     sets = ["pretrain.trainer.max_epochs=1", "attend.trainer.max_epochs=1", "finetune.trainer.max_epochs=2"]
+    sets += [f"{stage}.data.val_size=8" for stage in ("pretrain", "attend", "finetune")]
     return ["train", "--preset", "train-tiny", "--data", str(root), *[w for s in sets for w in ("--set", s)],
             "--out", str(out), "--quiet", *extra]
 

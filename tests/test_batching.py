@@ -38,6 +38,16 @@ def test_sampler_packs_densely_and_reshuffles_by_epoch():
     assert plan != sampler.plan(1)
 
 
+def test_every_epoch_has_the_same_number_of_steps():
+    """Lightning counts an epoch's batches once; an epoch with fewer would never reach its validation."""
+    sampler = BucketBatchSampler(random_sizes(2000), 300_000, seed=0)
+    counts = set()
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        counts.add(len(list(sampler)))
+    assert counts == {len(sampler)}
+
+
 def test_sampler_rejects_an_image_over_budget():
     with pytest.raises(ValueError, match="exceeds the pixel budget"):
         BucketBatchSampler(np.array([[100, 100], [300, 400]]), 100_000)

@@ -169,9 +169,10 @@ def test_bad_inputs_are_one_line_value_errors(recognizer, x, message):
     assert "\n" not in str(info.value)
 
 
-def test_beam_size_below_one_and_missing_shipped_weights(recognizer):
+def test_beam_size_below_one_and_missing_shipped_weights(recognizer, monkeypatch):
     with pytest.raises(ValueError, match="beam_size"):
         recognizer.recognize(CROSS, beam_size=0)
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")  # a broken install
     with pytest.raises(ValueError, match="no shipped weights in this version; pass a model path"):
         Recognizer.load()
 
@@ -219,7 +220,8 @@ def test_recognize_folder_recursively(model_path, tmp_path, files, capsys):
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(tmp_path / "a.inkml"), str(tmp_path / "sub" / "b.PNG")]
 
 
-def test_recognize_without_model_is_a_user_error(capsys):
+def test_recognize_without_model_is_a_user_error(capsys, monkeypatch):
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")
     assert main(["recognize", "anything.png"]) == 2
     assert capsys.readouterr().err.strip() == "maskmatch: error: no shipped weights in this version; pass a model path (--model)"
 

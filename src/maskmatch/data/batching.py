@@ -98,9 +98,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def plan(self, epoch: int) -> list[list[int]]:
-        """All batches of an epoch, for every rank: a pure function of (seed, epoch)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        tiebreak = rng.random(len(self.sizes)) if self.shuffle else np.arange(len(self.sizes))
+        """All batches of an epoch, for every rank: a pure function of (seed, epoch).
+
+        The batches themselves depend on the seed alone, only their order on the epoch (as CoMER builds its
+        batches once): every epoch then has the same number of steps, which Lightning counts once, at the
+        start, to place each epoch's validation."""
+        tiebreak = np.random.default_rng(self.seed).random(len(self.sizes)) if self.shuffle else np.arange(len(self.sizes))
         buckets = self.sizes // BUCKET_PIXELS
         order = np.lexsort((tiebreak, buckets[:, 1], buckets[:, 0]))  # by height, then width buckets
         batches, current, max_h, max_w = [], [], 0, 0
@@ -116,7 +119,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         if current:
             batches.append(current)
         if self.shuffle:
-            batches = [batches[j] for j in rng.permutation(len(batches))]
+            batches = [batches[j] for j in np.random.default_rng([self.seed, epoch]).permutation(len(batches))]
         return batches
 
     def _mine(self) -> list[list[int]]:

@@ -12,6 +12,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 ARCHIVE = SHARED / "data" / "crohme" / "crohme-inkml.tar.gz"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (opt in: `pytestmark = pytest.mark.usefixtures("one_thread")`): on a
+    busy 2-core machine, two OpenMP threads can run 100 times slower. The modules that train end to end use it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def crohme_archive() -> Path:
     if not ARCHIVE.is_file():
@@ -64,3 +76,38 @@ def build_train_split(root: Path, n: int) -> Path:
         writer.add(f"e{k:03d}", image, seq)
     writer.close()
     return root
+
+
+def without_labels(root: Path, dest: Path) -> Path:
+    """A copy of root/train in dest/train with its labels deleted (the cache's token files); returns dest."""
+    import shutil
+
+    shutil.copytree(root / "train", dest / "train")
+    for name in ("tokens.npy", "token_offsets.npy"):
+        (dest / "train" / "cache" / name).unlink()
+    return dest
+
+
+def kill_after_checkpoint(args: list[str], run_dir: Path, when) -> None:
+    """Runs `python -m maskmatch *args` (one OpenMP thread) and SIGKILLs it as soon as run_dir's log records a
+    checkpoint whose step satisfies `when(step)` (within 120 s); asserts that it was killed, not finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from maskmatch.train.callbacks import read_log
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "maskmatch", *args], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        saved = [r for r in read_log(run_dir / "log.jsonl") if r.get("event") == "checkpoint"]
+        if any(when(r["step"]) for r in saved):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    stderr = process.communicate()[1].decode()
+    assert process.returncode == -signal.SIGKILL, f"not killed mid-run (exit {process.returncode}): {stderr[-500:]}"

@@ -2,12 +2,6 @@
 holds exactly encoder.* and attention.* (the teacher's), `finetune --init` takes it into a fused model and refuses
 it clearly for a plain one, and a killed run resumes step for step."""
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import build_train_split
+from conftest import build_train_split, kill_after_checkpoint, without_labels
 
 from maskmatch.attend.commands import initialize
 from maskmatch.attend.config import AttendConfig
@@ -29,12 +23,7 @@ EPOCHS, STEPS_PER_EPOCH = 6, 4  # 32 training images (+ 8 held out), 8 a batch
 TINY = ModelConfig.tiny(attention_maps=4)  # the attend-tiny preset's model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +34,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(root, tmp_path_factory) -> Path:
     """The same split without labels: stage 2 never opens them."""
-    copy = tmp_path_factory.mktemp("images")
-    shutil.copytree(root / "train", copy / "train")
-    for name in ("tokens.npy", "token_offsets.npy"):
-        (copy / "train" / "cache" / name).unlink()
-    return copy
+    return without_labels(root, tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +144,8 @@ def test_a_killed_run_resumes_step_for_step(images, encoder_file, run, tmp_path)
     """SIGKILL after a mid-epoch checkpoint; the resumed run repeats the uninterrupted one's losses: masks and
     dropout are pure functions of (seed, rank, step), the teacher is in the checkpoint."""
     killed = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "maskmatch", *attend_args(images, killed, encoder_file)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        saved = [r for r in read_log(killed / "log.jsonl") if r.get("event") == "checkpoint"]
-        if any(r["step"] > STEPS_PER_EPOCH and r["step"] % STEPS_PER_EPOCH for r in saved):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    stderr = process.communicate()[1].decode()
-    assert process.returncode == -signal.SIGKILL, f"not killed mid-run (exit {process.returncode}): {stderr[-500:]}"
+    kill_after_checkpoint(attend_args(images, killed, encoder_file), killed,
+                          lambda step: step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH)
     assert main(["attend", "--out", str(killed), "--resume", "--quiet"]) == 0
     starts = [r["step"] for r in read_log(killed / "log.jsonl") if r.get("event") == "start"]
     assert len(starts) == 2 and starts[1] % STEPS_PER_EPOCH  # continued from mid-epoch, not restarted

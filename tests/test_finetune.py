@@ -2,10 +2,6 @@
 SIGKILL continuing step for step; the time budget. The data is a tiny synthetic cache built here."""
 
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import glyph
+from conftest import glyph, kill_after_checkpoint
 
 from maskmatch.cli import main
 from maskmatch.data.cache import CacheWriter
@@ -29,13 +25,7 @@ from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a busy 2-core machine, two OpenMP threads can run 100 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +212,8 @@ def test_a_run_killed_mid_epoch_resumes_step_for_step(data_root, reference_run, 
     """SIGKILL after a mid-epoch checkpoint of epoch 1, with a data-loader worker; the resumed run repeats
     the uninterrupted one exactly: same steps, same batches (same losses), same final weights."""
     run = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "maskmatch", *finetune_args(data_root, run, "--set", "data.workers=1")]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        saved = [r for r in read_log(run / "log.jsonl") if r.get("event") == "checkpoint"]
-        if any(r["step"] > STEPS_PER_EPOCH and r["step"] % STEPS_PER_EPOCH for r in saved):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    stderr = process.communicate()[1].decode()
-    assert process.returncode == -signal.SIGKILL, f"not killed mid-run (exit {process.returncode}): {stderr[-500:]}"
+    kill_after_checkpoint(finetune_args(data_root, run, "--set", "data.workers=1"), run,
+                          lambda step: step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH)
     resumed_from = [r for r in read_log(run / "log.jsonl") if r.get("event") == "checkpoint"][-1]["step"]
     assert STEPS_PER_EPOCH < resumed_from < EPOCHS * STEPS_PER_EPOCH
 

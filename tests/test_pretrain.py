@@ -2,12 +2,6 @@
 rises well above chance, the encoder hand-off loads into `finetune --init`, a killed run resumes step for step,
 and --show-views draws. Also `--label-fraction`."""
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_train_split
+from conftest import build_train_split, kill_after_checkpoint, without_labels
 
 from maskmatch.cli import main
 from maskmatch.model import HMERModel, ModelConfig
@@ -27,12 +21,7 @@ from maskmatch.weights import init_from_weights, load_weights, read_manifest
 EPOCHS = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +32,7 @@ def labelled_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def unlabelled_root(labelled_root, tmp_path_factory) -> Path:
     """The same split with its labels deleted: no token files, no caption.txt."""
-    root = tmp_path_factory.mktemp("unlabelled")
-    shutil.copytree(labelled_root / "train", root / "train")
-    for name in ("tokens.npy", "token_offsets.npy"):
-        (root / "train" / "cache" / name).unlink()
+    root = without_labels(labelled_root, tmp_path_factory.mktemp("unlabelled"))
     assert not list(root.rglob("caption.txt")) and not list(root.rglob("tokens.npy"))
     return root
 
@@ -122,6 +108,27 @@ def test_init_loads_the_encoder_and_asserts_the_missing_keys(run):
     init_from_weights(HMERModel(ModelConfig.tiny(dropout=0.3, encoder_dropout=0.1)), run / "encoder.safetensors")
 
 
+def test_a_checkpoint_written_before_a_model_field_was_added_still_loads():
+    """The model configs are compared as ModelConfigs: a field the checkpoint lacks takes its default."""
+    from maskmatch.pretrain.config import PretrainConfig
+    from maskmatch.pretrain.module import PretrainModule
+
+    config = PretrainConfig(model=ModelConfig.tiny())
+    saved = PretrainModule(config)
+    saved.total_steps, saved.planned = 40, True
+    checkpoint = {}
+    saved.on_save_checkpoint(checkpoint)
+    default = ModelConfig()
+    field = next(k for k, v in asdict(config.model).items() if v == getattr(default, k))
+    del checkpoint["maskmatch"]["config"]["model"][field]  # as if `field` came after the checkpoint
+    fresh = PretrainModule(config)
+    fresh.on_load_checkpoint(checkpoint)
+    assert (fresh.total_steps, fresh.planned) == (40, True)
+    checkpoint["maskmatch"]["config"]["model"]["d_model"] = config.model.d_model * 2
+    with pytest.raises(ValueError, match="model config differs"):
+        fresh.on_load_checkpoint(checkpoint)
+
+
 def test_a_file_with_modules_the_model_lacks_is_refused(tmp_path):
     from maskmatch.weights import save_module_weights
 
@@ -181,18 +188,7 @@ def test_a_killed_run_resumes_step_for_step(unlabelled_root, run, tmp_path):
     """SIGKILL after a mid-epoch checkpoint; the resumed run repeats the uninterrupted one's losses: the views
     are a pure function of (seed, rank, step)."""
     killed = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "maskmatch", *pretrain_args(unlabelled_root, killed)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        saved = [r for r in read_log(killed / "log.jsonl") if r.get("event") == "checkpoint"]
-        if any(r["step"] >= 10 for r in saved):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    stderr = process.communicate()[1].decode()
-    assert process.returncode == -signal.SIGKILL, f"not killed mid-run (exit {process.returncode}): {stderr[-500:]}"
+    kill_after_checkpoint(pretrain_args(unlabelled_root, killed), killed, lambda step: step >= 10)
     assert main(["pretrain", "--out", str(killed), "--resume", "--quiet"]) == 0
     expected = {r["step"]: r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r}
     got = {r["step"]: r["loss"] for r in read_log(killed / "log.jsonl") if "loss" in r}

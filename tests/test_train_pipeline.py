@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import build_train_split
 
@@ -17,12 +16,7 @@ from maskmatch.weights import read_manifest
 PRESET = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets" / "train-tiny.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,9 @@ ones that guided the masking, and a momentum average of the student is the stead
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
-from maskmatch import __version__
 from maskmatch.attend.config import AttendConfig
 from maskmatch.attend.diversity_loss import DiversityLoss
 from maskmatch.attend.entropy_loss import EntropyLoss
@@ -33,13 +31,12 @@ from maskmatch.attend.match_loss import MatchLoss, top1_matches
 from maskmatch.attend.prediction_loss import PredictionLoss
 from maskmatch.attend.predictor import FeaturePredictor
 from maskmatch.attend.teacher import Teacher, teacher_momentum
-from maskmatch.config import from_dict, to_dict
+from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.model.attention import AttentionNetwork
 from maskmatch.model.config import ModelConfig
 from maskmatch.model.encoder import Encoder
-from maskmatch.train.module import NonFiniteLoss
-from maskmatch.train.schedule import lr_factor
+from maskmatch.train import common
 
 CHECKPOINT_FORMAT = 1
 STAGE = "attend"
@@ -48,7 +45,7 @@ VALIDATION_PROGRESS = 1.0  # validation masks at the schedule's end values, the 
 
 def mask_seed(seed: int, rank: int, step: int) -> int:
     """The masking seed of a training step: a pure function of (seed, rank, step), so a resumed run repeats it."""
-    return int(np.random.SeedSequence([seed, rank, step, 1]).generate_state(1)[0])
+    return common.step_seed(seed, rank, step, 1)
 
 
 class AttendModule(L.LightningModule):
@@ -124,19 +121,10 @@ class AttendModule(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def configure_optimizers(self):
-        o = self.config.optim
-        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher.")]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return common.configure_adamw(self, (p for n, p in self.named_parameters() if not n.startswith("teacher.")))
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        # dropout draws from a seed that is a pure function of (seed, rank, step): a resumed run repeats them
-        seed = np.random.SeedSequence([self.config.trainer.seed, self.global_rank, self.global_step])
-        torch.manual_seed(int(seed.generate_state(1)[0]))
+        common.seed_dropout(self)  # the masking takes (seed, rank, step, 1): `mask_seed`
 
     def _images(self, batch: Batch) -> torch.Tensor:
         return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
@@ -145,15 +133,7 @@ class AttendModule(L.LightningModule):
         seed = mask_seed(self.config.trainer.seed, self.global_rank, self.global_step)
         out = self.losses(self._images(batch), batch.mask, self.progress, seed)
         loss = out["loss"]
-        finite = bool(torch.isfinite(loss))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            where = f"step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx}"
-            if finite:
-                raise NonFiniteLoss(f"non-finite loss on another rank at {where})")
-            datamodule = self.trainer.datamodule
-            names = datamodule.names(batch.indices) if datamodule is not None else batch.indices
-            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}: images {shown})")
+        common.check_finite(self, loss, batch, batch_idx)
         self.step_lr = self.optimizers().param_groups[0]["lr"]
         momentum = teacher_momentum(self.progress, *self.config.optim.teacher_momentum)
         for key in ("loss", "match", "prediction", "diversity", "entropy", "mask_ratio"):
@@ -197,26 +177,15 @@ class AttendModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints describe themselves
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = {
-            "format": CHECKPOINT_FORMAT, "stage": STAGE, "maskmatch_version": __version__,
-            "config": to_dict(self.config), "total_steps": self.total_steps, "planned": self.planned,
-        }
+        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint_meta(checkpoint)
-        if from_dict(ModelConfig, meta["config"]["model"]) != self.config.model:  # fields added later take defaults
-            raise ValueError("the checkpoint's model config differs from this run's")
-        self.total_steps, self.planned = meta["total_steps"], meta["planned"]
+        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:
     """The maskmatch section of a checkpoint, checked: ValueError if it is not a stage-2 checkpoint this code reads."""
-    meta = checkpoint.get("maskmatch")
-    if not isinstance(meta, dict) or meta.get("stage") != STAGE:
-        raise ValueError("not a maskmatch attend checkpoint")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
-    return meta
+    return common.checkpoint_meta(checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def handoff_model(checkpoint: dict) -> "HMERModel":

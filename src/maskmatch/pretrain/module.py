@@ -17,12 +17,9 @@ is exported at its initial values with the rest of `encoder.*`. The probe reads 
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
-from maskmatch import __version__
-from maskmatch.config import to_dict
 from maskmatch.data.batching import Batch
 from maskmatch.model import HMERModel
 from maskmatch.model.encoder import Encoder
@@ -31,8 +28,8 @@ from maskmatch.pretrain.global_loss import GlobalInfoNCE
 from maskmatch.pretrain.local_loss import LocalInfoNCE
 from maskmatch.pretrain.probe import ProbeCounts, global_retrieval, local_matching
 from maskmatch.pretrain.views import ViewPair, make_views, sample_at
-from maskmatch.train.module import NonFiniteLoss
-from maskmatch.train.schedule import lr_factor
+from maskmatch.train import common
+from maskmatch.train.common import step_seed
 
 CHECKPOINT_FORMAT = 1
 STAGE = "pretrain"
@@ -48,10 +45,6 @@ def pool(features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid cells: features (N, h, w, d) (zero on padding), mask (N, h, w) True on padding -> (N, d)."""
     count = (~feature_mask).sum((1, 2)).clamp_min(1)[:, None]
     return features.sum((1, 2)) / count
-
-
-def step_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 class PretrainModule(L.LightningModule):
@@ -98,30 +91,16 @@ class PretrainModule(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def configure_optimizers(self):
-        o = self.config.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return common.configure_adamw(self, self.parameters())
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        torch.manual_seed(step_seed(self.config.trainer.seed, self.global_rank, self.global_step, 1))  # dropout
+        common.seed_dropout(self, 1)  # salt 1: the views of the step take (seed, rank, step)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         views = self.views(batch, step_seed(self.config.trainer.seed, self.global_rank, self.global_step))
         losses = self.losses(views, *self.features(views))
         loss = losses["loss"]
-        finite = bool(torch.isfinite(loss))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            where = f"step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx}"
-            if finite:
-                raise NonFiniteLoss(f"non-finite loss on another rank at {where})")
-            names = self.trainer.datamodule.names(batch.indices) if self.trainer.datamodule else batch.indices
-            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}: images {shown})")
+        common.check_finite(self, loss, batch, batch_idx)
         self.step_lr = self.optimizers().param_groups[0]["lr"]
         self.step_extras = {k: round(float(losses[k].detach()), 5) for k in ("loss_global", "loss_local")}
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(batch))
@@ -160,26 +139,15 @@ class PretrainModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints describe themselves
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = {
-            "format": CHECKPOINT_FORMAT, "stage": STAGE, "maskmatch_version": __version__,
-            "config": to_dict(self.config), "total_steps": self.total_steps, "planned": self.planned,
-        }
+        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint_meta(checkpoint)
-        if meta["config"]["model"] != to_dict(self.config.model):
-            raise ValueError("the checkpoint's model config differs from this run's")
-        self.total_steps, self.planned = meta["total_steps"], meta["planned"]
+        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:
     """The maskmatch section of a checkpoint, checked: ValueError unless it is a stage-1 checkpoint this code reads."""
-    meta = checkpoint.get("maskmatch")
-    if not isinstance(meta, dict) or meta.get("stage") != STAGE:
-        raise ValueError("not a maskmatch pretrain checkpoint")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
-    return meta
+    return common.checkpoint_meta(checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def encoder_model(checkpoint: dict) -> HMERModel:

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskmatch import __version__
-from maskmatch.config import from_dict, to_dict
+from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.data.vocab import PAD, Vocabulary
 from maskmatch.metrics import canonical
 from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets
+from maskmatch.train import common
+from maskmatch.train.common import NonFiniteLoss  # noqa: F401  (its home before train.common; still imported from here)
 from maskmatch.train.config import FinetuneConfig
 from maskmatch.train.ema import EMA
-from maskmatch.train.schedule import ema_decay, lr_factor
+from maskmatch.train.schedule import ema_decay
 
 CHECKPOINT_FORMAT = 1
 STAGE = "finetune"
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the batch."""
 
 
 def bidirectional_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -58,19 +54,10 @@ class FinetuneModule(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def configure_optimizers(self):
-        o = self.config.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, self.total_steps, o.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return common.configure_adamw(self, self.model.parameters())
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        # dropout draws from a seed that is a pure function of (seed, rank, step): a resumed run repeats them
-        seed = np.random.SeedSequence([self.config.trainer.seed, self.global_rank, self.global_step])
-        torch.manual_seed(int(seed.generate_state(1)[0]))
+        common.seed_dropout(self)
 
     def _images(self, batch: Batch) -> torch.Tensor:
         return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
@@ -79,14 +66,7 @@ class FinetuneModule(L.LightningModule):
         inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)  # (2B, L+1), (2B, L+1)
         logits = self.model(self._images(batch), batch.mask, inputs)  # (2B, L+1, V)
         loss = bidirectional_loss(logits, targets, self.config.optim.label_smoothing)
-        finite = bool(torch.isfinite(loss))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            where = f"step {self.global_step + 1} (epoch {self.current_epoch}, batch {batch_idx}"
-            if finite:
-                raise NonFiniteLoss(f"non-finite loss on another rank at {where})")
-            names = self.trainer.datamodule.names(batch.indices) if self.trainer.datamodule else batch.indices
-            shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at {where}: images {shown})")
+        common.check_finite(self, loss, batch, batch_idx)
         self.step_lr = self.optimizers().param_groups[0]["lr"]
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(batch))
         return loss
@@ -124,27 +104,16 @@ class FinetuneModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints describe themselves
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = {
-            "format": CHECKPOINT_FORMAT, "stage": STAGE, "maskmatch_version": __version__,
-            "config": to_dict(self.config), "vocabulary": list(self.vocabulary.symbols),
-            "total_steps": self.total_steps, "planned": self.planned,
-        }
+        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT,
+                                                  vocabulary=list(self.vocabulary.symbols))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint_meta(checkpoint)
-        if from_dict(ModelConfig, meta["config"]["model"]) != self.config.model:  # fields added since: defaults
-            raise ValueError("the checkpoint's model config differs from this run's")
-        self.total_steps, self.planned = meta["total_steps"], meta["planned"]
+        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:
     """The maskmatch section of a checkpoint, checked: ValueError if it is not a stage-3 checkpoint this code reads."""
-    meta = checkpoint.get("maskmatch")
-    if not isinstance(meta, dict) or meta.get("stage") != STAGE:
-        raise ValueError("not a maskmatch finetune checkpoint")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {meta.get('format')}, this maskmatch reads {CHECKPOINT_FORMAT}")
-    return meta
+    return common.checkpoint_meta(checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def ema_model(checkpoint: dict) -> HMERModel:

@@ -79,6 +79,12 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
     lines += ["", "Published ExpRate (%), beam search, for comparison:", "",
               "| system | " + " | ".join(f"CROHME {s}" for s in SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
     lines += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |" for name, values in PUBLISHED.items()]
+    counts = ", ".join(f"{s} {next(iter(scores[s].values()))['n']}" for s in SPLITS if s in scores)
+    lines += ["", f"Protocol differences: our test sets count {counts} expressions (`maskmatch data build` skips "
+              "InkML files whose ground truth cannot be read: three in 2014, where papers count 986); predictions "
+              "and references are compared as canonical token sequences after the same LaTeX normalizer; the "
+              "published systems train on the same CROHME training set, with their own preprocessing and "
+              "augmentation, for many GPU hours."]
     lines += ["", "Training (from the run's log.jsonl):", "", "| stage | minutes | steps | median images/s |",
               "|---|---|---|---|"]
     lines += [f"| {stage} | {s['minutes']} | {s['steps']} | {s['images_per_s']} |"

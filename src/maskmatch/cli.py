@@ -12,17 +12,17 @@ import sys
 
 from maskmatch.errors import UserError
 
-COMMAND_MODULES = [
+COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.data.commands",  # data build, data sheet
-    "maskmatch.train.commands",  # finetune
-    "maskmatch.pretrain.commands",  # pretrain
-    "maskmatch.attend.commands",  # attend
-    "maskmatch.inference_commands",  # recognize, evaluate
-    "maskmatch.benchmark",  # benchmark
-    "maskmatch.results",  # results
+    "maskmatch.pretrain.commands",  # pretrain: stage 1
+    "maskmatch.attend.commands",  # attend: stage 2
+    "maskmatch.train.commands",  # finetune: stage 3
     "maskmatch.train.pipeline",  # train: all three stages
+    "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.attention_command",  # attention: maps over an image
+    "maskmatch.results",  # results
     "maskmatch.serve.commands",  # serve, serve-load
+    "maskmatch.benchmark",  # benchmark
 ]
 
 

@@ -166,3 +166,17 @@ def test_resume_and_config_mistakes_are_one_line(run, tmp_path, capsys):
     assert main(["attend", "--preset", "attend-tiny", "--set", "masking.bogus=1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown key 'bogus'" in err
+
+
+def test_stage_2_validates_at_its_training_scale(images):
+    """Its BatchNorm statistics come from images at data.scale_range: validation reads them at its geometric mean
+    (0.5 here), recognition (labels) at scale 1."""
+    from maskmatch.train.config import DataConfig
+    from maskmatch.train.data import FinetuneData
+
+    config = DataConfig(root=str(images), val_size=8, pixel_budget=200_000, max_batch_size=8, workers=0,
+                        scale_range=(0.25, 1.0))
+    data = FinetuneData(config, seed=0, labels=False)
+    data.setup()
+    batch = next(iter(data.val_dataloader()))
+    assert batch.images.shape[2] == 24  # the split's 48 px high images, halved

@@ -157,6 +157,10 @@ class FinetuneData(L.LightningDataModule):
             self.train_set, self.val_set = ImageDataset(self.cache, train), ImageDataset(self.cache, val)
         render = self.cache.render_config
         self.max_height, self.max_width = int(render.get("max_height", 10**9)), int(render.get("max_width", 10**9))
+        # Recognition is validated at the scale it is used at (1); stage 2 at its training scales' geometric mean,
+        # so that its BatchNorm statistics, gathered at those scales, fit the images it is validated on.
+        low, high = config.scale_range
+        self.val_scale = 1.0 if labels else float(np.sqrt(low * high))
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -174,11 +178,14 @@ class FinetuneData(L.LightningDataModule):
         try:
             sampler = BucketBatchSampler(largest.reshape(-1, 2), c.pixel_budget, c.max_batch_size, shuffle=True,
                                          seed=self.seed, rank=rank, world_size=world)
-            plan = BucketBatchSampler(self.val_set.sizes, c.pixel_budget, c.max_batch_size, seed=c.val_seed).plan(0)
+            val_sizes = np.array([scaled_size(h, w, self.val_scale, self.max_height, self.max_width)
+                                  for h, w in self.val_set.sizes])
+            plan = BucketBatchSampler(val_sizes.reshape(-1, 2), c.pixel_budget, c.max_batch_size, seed=c.val_seed).plan(0)
         except ValueError as e:
             raise UserError(f"data.pixel_budget (sizes at the largest scale, {high}): {e}") from None
         self.train_batches = TrainBatches(sampler, c.scale_range, self.seed)
-        self.val_batches = plan[rank::world]  # every rank validates its share; counts are summed
+        # every rank validates its share (counts are summed), as (position, scale) like the training batches
+        self.val_batches = [[(i, self.val_scale) for i in batch] for batch in plan[rank::world]]
         if len(self.train_batches) == 0:
             raise UserError(f"no training batch for rank {rank} of {world}: too few images")
 
@@ -189,5 +196,6 @@ class FinetuneData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         workers = min(self.config.workers, 2)
-        return DataLoader(self.val_set, batch_sampler=self.val_batches, collate_fn=collate, num_workers=workers,
+        dataset = ScaledDataset(self.val_set, self.max_height, self.max_width)
+        return DataLoader(dataset, batch_sampler=self.val_batches, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0)

@@ -21,8 +21,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# The main job, until trained weights ship: build the data and draw a contact sheet to look at.
+# The main job: the shipped weights recognize the bundled example images and print their LaTeX.
+EXAMPLES := src/maskmatch/assets/examples
 demo: setup
+	$(BIN)/maskmatch recognize $(EXAMPLES)/img
+	$(BIN)/maskmatch evaluate $(EXAMPLES)
+
+# CROHME from the shared archive into data/crohme (for training and evaluation), and a contact sheet.
+data: setup
 	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)
 	$(BIN)/maskmatch data sheet $(DATA)/2014 --out out/sheet-2014.png
 

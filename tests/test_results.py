@@ -79,3 +79,13 @@ def test_shipped_copy_loads_and_carries_the_test_scores(run, tmp_path):
     assert rec.manifest["metrics"]["test"]["2014"]["greedy"]["exprate"] == 50.0
     assert rec.manifest["metrics"]["validation"]["exprate"] == 1.5
     assert rec.manifest["results_command"] == "maskmatch results ..."
+
+
+def test_shipped_weights_load_and_carry_their_test_scores():
+    rec = Recognizer.load()  # the package's weights: what `make demo` and every command use by default
+    test = rec.manifest["metrics"]["test"]
+    assert set(test) == {"2014", "2016", "2019"} and all(set(s) == {"greedy", "beam"} for s in test.values())
+    assert rec.manifest["results_command"].startswith("maskmatch results --model")
+    assert {"device", "minutes"} <= set(rec.manifest["training"]) and rec.manifest["command"]
+    first = next(p for p in sorted((EXAMPLES / "img").iterdir()))
+    assert rec.recognize(first, beam_size=1).tokens  # decodes a bundled example to something

@@ -225,13 +225,14 @@ def command_line(args: argparse.Namespace, command: str) -> str:
 
 
 def device_words(trainer) -> str:
-    """What the run ran on, e.g. "NVIDIA H100 80GB HBM3" or "2 x CPU (1 threads)"."""
+    """What the run ran on, e.g. "NVIDIA H100 80GB HBM3" or "2 x CPU (1 thread)"."""
     import torch
 
     if trainer.strategy.root_device.type == "cuda":
         name = torch.cuda.get_device_name(trainer.strategy.root_device)
     else:
-        name = f"CPU ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        name = f"CPU ({threads} thread{'s' if threads > 1 else ''})"
     return f"{trainer.world_size} x {name}" if trainer.world_size > 1 else name
 
 

@@ -5,6 +5,8 @@ Layout of `<split>/cache/`:
   index.npy      int64 (N, 3): byte offset, height, width of image i
   tokens.npy     int16 (T,): token ids of all expressions, back to back
   token_offsets.npy  int64 (N + 1,): expression i is tokens[token_offsets[i]:token_offsets[i+1]]
+  expressions.npy  int32 (N,): which distinct token sequence image i shows (equal captions, equal ids), so
+                 that a held-out slice can take whole expressions (train/data.py); not a label to learn from
   meta.json      format version, names, vocabulary, render config
 Opening it maps the files and reads only the small index, so a training run starts in well under a
 second and data-loader workers (and DDP ranks) share the page cache instead of copying images.
@@ -52,6 +54,9 @@ class CacheWriter:
         _save_npy(self.folder / "index.npy", np.array(self._index, dtype=np.int64).reshape(-1, 3))
         _save_npy(self.folder / "tokens.npy", tokens)
         _save_npy(self.folder / "token_offsets.npy", offsets)
+        first: dict[bytes, int] = {}  # token sequence -> its id, in order of first appearance
+        expressions = np.array([first.setdefault(t.tobytes(), len(first)) for t in self._tokens], dtype=np.int32)
+        _save_npy(self.folder / "expressions.npy", expressions)
         os.replace(self.folder / "images.u8.tmp", self.folder / "images.u8")
         meta = dict(self._meta, names=self._names)
         tmp = self.folder / "meta.json.tmp"
@@ -76,6 +81,7 @@ class Cache:
     images: np.ndarray  # memory-mapped uint8
     tokens: np.ndarray | None  # memory-mapped int16; None when opened with labels=False
     token_offsets: np.ndarray | None
+    expressions: np.ndarray | None = None  # (N,) int32 expression ids; None for caches built before them
 
     @classmethod
     def open(cls, folder: str | Path, labels: bool = True) -> "Cache":
@@ -99,6 +105,7 @@ class Cache:
             images=images,
             tokens=np.load(folder / "tokens.npy", mmap_mode="r") if labels else None,
             token_offsets=np.load(folder / "token_offsets.npy") if labels else None,
+            expressions=np.load(folder / "expressions.npy") if (folder / "expressions.npy").is_file() else None,
         )
 
     def __len__(self) -> int:

@@ -58,7 +58,7 @@ class PretrainData(L.LightningDataModule):
         super().__init__()
         self.config, self.views, self.seed = config, views, seed
         self.cache = open_images(config.root, config.train_split)
-        train, val = held_out_split(len(self.cache), config.val_size, config.val_seed)
+        train, val = held_out_split(len(self.cache), config.val_size, config.val_seed, self.cache.expressions)
         self.train_set, self.val_set = ImageDataset(self.cache, train), ImageDataset(self.cache, val)
 
     def names(self, positions: list[int]) -> list[str]:

@@ -129,12 +129,28 @@ def label_subset(train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(train[chosen])
 
 
-def held_out_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train positions, validation positions), both sorted: a fixed random slice of `val_size` images."""
+def held_out_split(n: int, val_size: int, seed: int, expressions: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(train positions, validation positions), both sorted: a fixed random slice of at least `val_size` images.
+
+    With `expressions` (N,) (the cache's ids of distinct captions), the slice takes whole expressions in a
+    random order, so no held-out expression is also trained on: CROHME's training set repeats expressions
+    across writers, and a slice of random images shares half its expressions with the rest. Without (caches
+    built before expression ids), a random slice of exactly `val_size` images."""
     if val_size >= n:
         raise UserError(f"data.val_size {val_size} leaves no training image out of {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[val_size:]), np.sort(order[:val_size])
+    rng = np.random.default_rng(seed)
+    if expressions is None:
+        order = rng.permutation(n)
+        return np.sort(order[val_size:]), np.sort(order[:val_size])
+    rank = np.argsort(rng.permutation(int(expressions.max()) + 1))  # each expression's place in a random order
+    order = np.lexsort((np.arange(n), rank[expressions]))  # images, grouped by expression in that order
+    cut = val_size
+    while cut < n and expressions[order[cut]] == expressions[order[cut - 1]]:
+        cut += 1  # finish the expression the slice ends in
+    if cut >= n:
+        raise UserError(f"data.val_size {val_size} leaves no training expression out of {n} images")
+    return np.sort(order[cut:]), np.sort(order[:cut])
 
 
 class FinetuneData(L.LightningDataModule):
@@ -147,7 +163,7 @@ class FinetuneData(L.LightningDataModule):
         super().__init__()
         self.config, self.seed = config, seed
         self.cache = open_split(config.root, config.train_split, labels)
-        train, val = held_out_split(len(self.cache), config.val_size, config.val_seed)
+        train, val = held_out_split(len(self.cache), config.val_size, config.val_seed, self.cache.expressions)
         if labels:
             train = label_subset(train, config.label_fraction, config.label_seed)
             self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from maskmatch.pretrain.config import ViewConfig
 from maskmatch.pretrain.global_loss import GlobalInfoNCE

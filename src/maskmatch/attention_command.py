@@ -25,9 +25,9 @@ def load_model(path: str | None):
     from maskmatch.weights import PARTIAL, init_from_weights, manifest_vocabulary, model_config, read_manifest, render_config
 
     try:
-        if path is None or PARTIAL not in read_manifest(path):
+        manifest = read_manifest(path) if path is not None else {}
+        if PARTIAL not in manifest:
             return Recognizer.load(path), True
-        manifest = read_manifest(path)
         if "attention" not in manifest[PARTIAL]:
             raise UserError(f"{path}: holds only the {' and '.join(manifest[PARTIAL])}; attention maps need a "
                             "stage-2 file (attend.safetensors) or a fine-tuned model")

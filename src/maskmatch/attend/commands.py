@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from maskmatch.errors import UserError
-from maskmatch.train.runner import Run, Stage, add_run_options, manifest_training, run_stage
+from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
 
 PRESETS = ("attend-tiny", "attend-small", "attend-crohme")
 # best.ckpt: the highest share of masked held-out images whose student embeddings find their own image's teacher
@@ -39,7 +38,7 @@ def attend(args: argparse.Namespace) -> int:
     run = run_stage(args, stage(), time.monotonic())
     if run is None:
         return 0
-    records = _validations(run)
+    records = run.validations("val_match")
     best, first = records.get(run.checkpoints.best_step, {}), records.get(0, {})
     nan = float("nan")
     print(f"best held-out match {run.checkpoints.best:.1f}% at step {run.checkpoints.best_step} (step 0: "
@@ -52,40 +51,21 @@ def attend(args: argparse.Namespace) -> int:
 def initialize(module, path: str | None) -> None:
     """Loads stage 1's encoder (or a stage-2 hand-off) into the student and the teacher: non-strict, the missing
     keys asserted by weights.init_from_weights; UserError if the file does not fit."""
-    from maskmatch.weights import init_from_weights
-
     if not path:
         print("note: no --init, so the encoder starts from random weights, not from stage 1's", flush=True)
         return
     student = module.student()
     student.config = module.config.model  # what init_from_weights checks the file's model config against
-    try:
-        manifest = init_from_weights(student, path)
-    except ValueError as e:
-        raise UserError(f"--init: {e}") from None
+    load_init(student, path)
     module.teacher.module.load_state_dict(student.state_dict())  # the teacher starts as a copy
-    held = manifest.get("modules") or ["the whole model"]
-    stage = (manifest.get("training") or {}).get("stage", "?")
-    print(f"initialized {', '.join(held)} from {path} (stage {stage})", flush=True)
-
-
-def _validations(run: Run) -> dict[int, dict]:
-    """The validation records of log.jsonl by step (a resumed run's repeats: the last)."""
-    from maskmatch.train.callbacks import LOG, read_log
-
-    return {r["step"]: r for r in read_log(run.run_dir / LOG) if "val_match" in r and "event" not in r}
 
 
 def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
     """Writes best.ckpt's teacher as RUN_DIR/attend.safetensors (exactly `encoder.*` and `attention.*`) + attend.json."""
-    import torch
-
     from maskmatch.attend.module import checkpoint_meta, handoff_model
-    from maskmatch.data.render import RenderConfig
-    from maskmatch.data.vocab import Vocabulary
     from maskmatch.weights import save_module_weights
 
-    checkpoint = torch.load(run.run_dir / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = run.best_checkpoint()
     values = lambda record: {k: v for k, v in record.items() if k.startswith("val_") and k != "val_s"}  # noqa: E731
     manifest = {
         "metrics": {"validation": {**values(best), "images": "held-out slice of the training split, masked at the "
@@ -94,9 +74,7 @@ def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
         **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
     }
     path = run.run_dir / EXPORT
-    save_module_weights(path, handoff_model(checkpoint), ("encoder", "attention"), manifest,
-                        vocabulary=Vocabulary(tuple(run.data.cache.vocabulary)),
-                        render=RenderConfig(**run.data.cache.render_config))
+    save_module_weights(path, handoff_model(checkpoint), ("encoder", "attention"), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest: start `maskmatch finetune --init {path} --set model.fusion=gate "
           f"--set model.attention_maps={run.config.model.attention_maps}` from it")
 

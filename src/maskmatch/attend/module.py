@@ -197,9 +197,7 @@ def handoff_model(checkpoint: dict) -> "HMERModel":
 
     config = from_dict(ModelConfig, checkpoint_meta(checkpoint)["config"]["model"])
     model = HMERModel(replace(config, fusion=config.fusion if config.fusion != "none" else "gate"))
-    prefix = "teacher.module."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(common.state_under(checkpoint, "teacher.module."), strict=False)
     if unexpected or {k.split(".", 1)[0] for k in missing} - {"decoder", "fusion"}:
         raise ValueError(f"the checkpoint's teacher does not fit {sorted(unexpected or missing)[:3]}")
     return model.eval()

@@ -37,7 +37,7 @@ def pretrain(args: argparse.Namespace) -> int:
     run = run_stage(args, stage(), start)
     if run is None:
         return 0
-    records = _validations(run.run_dir)
+    records = run.validations("val_loss")
     best, first = records.get(run.checkpoints.best_step, {}), records.get(0, {})
     nan = float("nan")
     print(f"best held-out loss {run.checkpoints.best:.4f} at step {run.checkpoints.best_step}: probe global "
@@ -49,23 +49,12 @@ def pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validations(run_dir: Path) -> dict[int, dict]:
-    """The validation records of log.jsonl by step (a resumed run's repeats: the last)."""
-    from maskmatch.train.callbacks import LOG, read_log
-
-    return {r["step"]: r for r in read_log(run_dir / LOG) if "val_loss" in r and "event" not in r}
-
-
 def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
     """Writes best.ckpt's encoder as RUN_DIR/encoder.safetensors (only `encoder.*`) + encoder.json, the manifest."""
-    import torch
-
-    from maskmatch.data.render import RenderConfig
-    from maskmatch.data.vocab import Vocabulary
     from maskmatch.pretrain.module import checkpoint_meta, encoder_model
     from maskmatch.weights import save_module_weights
 
-    checkpoint = torch.load(run.run_dir / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = run.best_checkpoint()
     probe = lambda record: {k: v for k, v in record.items() if k.startswith(("probe_", "val_")) and k != "val_s"}  # noqa: E731
     manifest = {
         "metrics": {"validation": {**probe(best), "images": "held-out slice of the training split (fixed views)",
@@ -74,9 +63,7 @@ def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
         **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
     }
     path = run.run_dir / "encoder.safetensors"
-    save_module_weights(path, encoder_model(checkpoint), ("encoder",), manifest,
-                        vocabulary=Vocabulary(tuple(run.data.cache.vocabulary)),
-                        render=RenderConfig(**run.data.cache.render_config))
+    save_module_weights(path, encoder_model(checkpoint), ("encoder",), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest: start `maskmatch attend --init {path}` (stage 2) "
           f"or `maskmatch finetune --init {path}` from it")
 

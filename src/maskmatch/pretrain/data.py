@@ -8,7 +8,6 @@ views themselves are made on the training device (`views.make_views`), not here.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -19,7 +18,7 @@ from maskmatch.data.cache import Cache
 from maskmatch.errors import UserError
 from maskmatch.pretrain.config import PretrainDataConfig, ViewConfig
 from maskmatch.pretrain.views import largest_view
-from maskmatch.train.data import ResumableLoader, TrainBatches, held_out_split
+from maskmatch.train.data import ResumableLoader, TrainBatches, held_out_split, open_split
 
 NO_LABEL = np.zeros(0, dtype=np.int64)
 
@@ -44,20 +43,13 @@ class ImageDataset(Dataset):
         return self.cache.sizes[self.indices]  # (N, 2)
 
 
-def open_images(root: str | Path, split: str) -> Cache:
-    try:
-        return Cache.open(Path(root) / split, labels=False)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-
-
 class PretrainData(L.LightningDataModule):
     """All training images less the held-out slice (the same as finetune's for the same val_size and val_seed)."""
 
     def __init__(self, config: PretrainDataConfig, views: ViewConfig, seed: int):
         super().__init__()
         self.config, self.views, self.seed = config, views, seed
-        self.cache = open_images(config.root, config.train_split)
+        self.cache = open_split(config.root, config.train_split, labels=False)
         train, val = held_out_split(len(self.cache), config.val_size, config.val_seed, self.cache.expressions)
         self.train_set, self.val_set = ImageDataset(self.cache, train), ImageDataset(self.cache, val)
 

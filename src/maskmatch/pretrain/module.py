@@ -157,7 +157,5 @@ def encoder_model(checkpoint: dict) -> HMERModel:
 
     meta = checkpoint_meta(checkpoint)
     model = HMERModel(from_dict(ModelConfig, meta["config"]["model"]))
-    prefix = "encoder."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.encoder.load_state_dict(state, strict=True)
+    model.encoder.load_state_dict(common.state_under(checkpoint, "encoder."), strict=True)
     return model.eval()

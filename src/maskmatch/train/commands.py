@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from maskmatch.errors import UserError
-from maskmatch.train.runner import Run, Stage, add_run_options, manifest_training, run_stage
+from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
 
 PRESETS = ("tiny", "small", "crohme")
 
@@ -38,38 +37,24 @@ def finetune(args: argparse.Namespace) -> int:
 
 def initialize(module, path: str | None) -> None:
     """Loads a hand-off file (or a whole model) into the module's model and its EMA; UserError if it does not fit."""
-    from maskmatch.weights import init_from_weights
-
-    if not path:
-        return
-    try:
-        manifest = init_from_weights(module.model, path)
-    except ValueError as e:
-        raise UserError(f"--init: {e}") from None
-    module.ema.module.load_state_dict(module.model.state_dict())
-    held = manifest.get("modules") or ["the whole model"]
-    stage = (manifest.get("training") or {}).get("stage", "?")
-    print(f"initialized {', '.join(held)} from {path} (stage {stage})", flush=True)
+    if path:
+        load_init(module.model, path)
+        module.ema.module.load_state_dict(module.model.state_dict())
 
 
 def export(run: Run, args: argparse.Namespace) -> None:
     """Writes the best checkpoint's EMA weights as RUN_DIR/model.safetensors (+ .json) with a manifest."""
-    import torch
-
-    from maskmatch.data.render import RenderConfig
-    from maskmatch.data.vocab import Vocabulary
     from maskmatch.train.module import checkpoint_meta, ema_model
     from maskmatch.weights import save_weights
 
-    checkpoint = torch.load(run.run_dir / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = run.best_checkpoint()
     manifest = {
         "metrics": {"validation": {"exprate": round(run.checkpoints.best, 4), "decoding": "greedy",
                                    "images": "held-out slice of the training split"}},
         **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
     }
     path = run.run_dir / "model.safetensors"
-    save_weights(path, ema_model(checkpoint), manifest, vocabulary=Vocabulary(tuple(run.data.vocabulary)),
-                 render=RenderConfig(**run.data.cache.render_config))
+    save_weights(path, ema_model(checkpoint), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest")
 
 

@@ -52,6 +52,11 @@ def check_model(meta: dict, config: ModelConfig) -> None:
         raise ValueError("the checkpoint's model config differs from this run's")
 
 
+def state_under(checkpoint: dict, prefix: str) -> dict:
+    """The checkpoint's tensors whose names start with `prefix` (e.g. "ema.module."), named without it."""
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
 def restore(module: L.LightningModule, checkpoint: dict, stage: str, fmt: int) -> dict:
     """`on_load_checkpoint`: checks the checkpoint (stage, format, model config) and takes its total_steps and
     planned into `module`; returns its maskmatch section."""

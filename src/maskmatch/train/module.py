@@ -120,7 +120,5 @@ def ema_model(checkpoint: dict) -> HMERModel:
     """The EMA weights of a finetune checkpoint as an HMERModel in eval mode."""
     meta = checkpoint_meta(checkpoint)
     model = HMERModel(from_dict(ModelConfig, meta["config"]["model"]))
-    prefix = "ema.module."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(common.state_under(checkpoint, "ema.module."), strict=True)
     return model.eval()

@@ -200,34 +200,30 @@ def _export(run_dir: Path, stages: list[str], state: dict) -> Path:
     """RUN_DIR/model.safetensors: stage 3's weights, their manifest telling every stage's part."""
     from maskmatch.weights import manifest_path, read_manifest
 
-    source = run_dir / "finetune" / EXPORTS["finetune"]
-    manifest = read_manifest(source)
+    manifests = {stage: read_manifest(run_dir / stage / EXPORTS[stage]) for stage in stages}
     parts = {}
-    for stage in stages:
-        stage_manifest = read_manifest(run_dir / stage / EXPORTS[stage])
+    for stage, stage_manifest in manifests.items():
         training = stage_manifest.get("training", {})
         parts[stage] = {"device": training.get("device"), "minutes": training.get("minutes"),
                         "step": training.get("step"), "command": stage_manifest.get("command")}
+    manifest = dict(manifests["finetune"])
     manifest["training"] = {**manifest.get("training", {}), "stage": "train", "stages": parts,
                             "minutes": round(sum(state["seconds"].values()) / 60, 2)}
     manifest["command"] = state["command"]
     target = run_dir / EXPORTS["finetune"]
-    shutil.copyfile(source, target)
+    shutil.copyfile(run_dir / "finetune" / EXPORTS["finetune"], target)
     manifest_path(target).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
     return target
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    words = ["maskmatch", "train"]
-    words += ["--preset", args.preset] if args.preset else ["--config", args.config] if args.config else []
-    for assignment in args.overrides:
-        words += ["--set", assignment]
-    words += ["--data", args.data] if args.data else []
-    words += ["--out", str(args.out)]
-    words += ["--time-budget", f"{args.time_budget:g}"] if args.time_budget is not None else []
+    """The training commands' line (`runner.command_line`) and train's own options."""
+    from maskmatch.train.runner import command_line
+
+    words = ["--data", args.data] if args.data else []
     words += ["--skip-stage1"] if args.skip_stage1 else []
     words += ["--skip-stage2"] if args.skip_stage2 else []
-    return shlex.join(words)
+    return shlex.join([*shlex.split(command_line(args, "train")), *words])
 
 
 def register(commands: argparse._SubParsersAction) -> None:

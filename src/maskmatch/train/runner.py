@@ -53,6 +53,40 @@ class Run:
     checkpoints: Any  # RunCheckpoints: best, best_step, val_n
     log: Any  # RunLog: run_seconds()
 
+    def best_checkpoint(self) -> dict:
+        """best.ckpt, loaded on the CPU (tensors only, never unpickled objects)."""
+        import torch
+
+        return torch.load(self.run_dir / "best.ckpt", map_location="cpu", weights_only=True)
+
+    def preprocessing(self) -> dict:
+        """The vocabulary and render config the run's data was built with: what exported weights carry."""
+        from maskmatch.data.render import RenderConfig
+        from maskmatch.data.vocab import Vocabulary
+
+        return {"vocabulary": Vocabulary(tuple(self.data.cache.vocabulary)),
+                "render": RenderConfig(**self.data.cache.render_config)}
+
+    def validations(self, key: str) -> dict[int, dict]:
+        """The validation records of log.jsonl (those holding `key`) by step; a resumed run's repeats: the last."""
+        from maskmatch.train.callbacks import LOG, read_log
+
+        return {r["step"]: r for r in read_log(self.run_dir / LOG) if key in r and "event" not in r}
+
+
+def load_init(model, path: str):
+    """`--init`: loads a hand-off file (or a whole model) into `model` through `weights.init_from_weights` (missing
+    keys asserted), says what it loaded, and returns nothing; a file that does not fit is a UserError."""
+    from maskmatch.weights import init_from_weights
+
+    try:
+        manifest = init_from_weights(model, path)
+    except ValueError as e:
+        raise UserError(f"--init: {e}") from None
+    held = manifest.get("modules") or ["the whole model"]
+    stage = (manifest.get("training") or {}).get("stage", "?")
+    print(f"initialized {', '.join(held)} from {path} (stage {stage})", flush=True)
+
 
 def add_run_options(parser: argparse.ArgumentParser, presets: tuple[str, ...], sections: str, example: str,
                     outputs: str) -> None:

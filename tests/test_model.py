@@ -71,8 +71,8 @@ def test_encoder_stride_shapes_and_mask():
 def test_default_config_channels_and_size():
     config = ModelConfig()
     encoder = Encoder(config)
-    assert config.encoder_channels == encoder.densenet.out_channels == encoder.proj.in_channels == 684
-    assert encoder.densenet.post_norm.num_features == 684 and encoder.proj.out_channels == 256
+    assert config.encoder_channels == encoder.backbone.out_channels == encoder.proj.in_channels == 684
+    assert encoder.backbone.post_norm.num_features == 684 and encoder.proj.out_channels == 256
     assert config.stride == 16
 
 

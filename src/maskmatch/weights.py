@@ -42,7 +42,8 @@ PARTIAL = "modules"  # manifest key of a hand-off file: the top-level modules it
 # module loads only into a model that agrees on them (dropout rates may differ). A module not listed is
 # checked by its tensors' names and shapes only.
 MODULE_FIELDS = {
-    "encoder": ("in_channels", "growth_rate", "block_layers", "reduction", "d_model", "pos_temperature"),
+    "encoder": ("in_channels", "encoder", "growth_rate", "block_layers", "stage_layers", "stem_channels",
+                "stage_widths", "reduction", "d_model", "pos_temperature"),
     "decoder": ("d_model", "nhead", "num_decoder_layers", "dim_feedforward", "norm_first", "vocab_size",
                 "pos_temperature"),
     "attention": ("d_model", "attention_maps"),  # stage 2's attention network (model/attention.py)
@@ -84,7 +85,7 @@ def save_module_weights(path: str | Path, model: HMERModel, modules: tuple[str, 
 
 
 def _module(key: str) -> str:
-    """The top-level module of a state-dict key: "encoder.densenet.conv1.weight" -> "encoder"."""
+    """The top-level module of a state-dict key: "encoder.backbone.conv1.weight" -> "encoder"."""
     return key.split(".", 1)[0]
 
 
@@ -185,9 +186,11 @@ def _read_tensors(path: Path, manifest: dict) -> dict[str, torch.Tensor]:
     if hashlib.sha256(data).hexdigest() != manifest["weights"].get("sha256"):
         raise ValueError(f"{path}: the weights do not match their manifest's sha256 (write both with save_weights)")
     try:
-        return load_safetensors(data)
+        tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    # files written before the encoder family (0.1.0) name the DenseNet encoder.densenet.*
+    return {k.replace("encoder.densenet.", "encoder.backbone.", 1): v for k, v in tensors.items()}
 
 
 def read_manifest(path: str | Path) -> dict:

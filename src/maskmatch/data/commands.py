@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskmatch.cli_args import positive_int
+from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
 
 
 def _data_build(args: argparse.Namespace) -> int:
     from maskmatch.data.build import build, format_summary
+    from maskmatch.data.render import RenderConfig
 
     try:
-        summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, progress=not args.quiet)
+        sizes = {"symbol_size": args.symbol_size, "stroke_width": args.stroke_width}
+        render = RenderConfig(**{k: v for k, v in sizes.items() if v is not None})
+        summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, render=render,
+                          progress=not args.quiet)
     except ValueError as e:
         raise UserError(str(e)) from None
     print(format_summary(summaries))
@@ -39,6 +43,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--splits", nargs="+", metavar="SPLIT", help="build only these splits (default: all)")
     build.add_argument("--workers", type=positive_int, help="processes (default: all cores)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument("--symbol-size", type=positive_float, metavar="PX",
+                       help="typical symbol size of the renders, px (default 40); "
+                            "models trained on the cache read users' input at this scale")
+    build.add_argument("--stroke-width", type=positive_float, metavar="PX",
+                       help="pen width of the renders, px (default 3)")
     build.set_defaults(run=_data_build)
 
     sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")

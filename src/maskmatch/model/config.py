@@ -8,13 +8,18 @@ from dataclasses import dataclass, fields, replace
 DENSE_BLOCKS = 3  # DenseNet-B has three dense blocks; with the stem this fixes the stride at 16
 STRIDE = 16  # conv stride 2, max-pool 2, two transitions' average-pool 2
 FUSIONS = ("none", "gate", "tokens")  # how stage 2's attention maps reach the decoder (model/attention.py)
+ENCODERS = ("densenet", "resnet")  # CoMER/BTTR's DenseNet-B, or fewer and wider convolutions for CPUs (encoder.py)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     in_channels: int = 1  # image channels: grayscale, ink bright on a 0 background (data/batching.py)
+    encoder: str = "densenet"  # densenet (CoMER/BTTR) or resnet (residual 3x3 stages; CPU recipe)
     growth_rate: int = 24  # channels each bottleneck layer adds (CoMER/BTTR DenseNet-B)
     block_layers: int = 16  # bottleneck layers in each of the three dense blocks (CoMER/BTTR)
+    stage_layers: tuple = ()  # layers of each of the three blocks (stages), e.g. (6, 10, 12); () = block_layers each
+    stem_channels: int = 32  # resnet: channels of the stride-2 stem convolution
+    stage_widths: tuple = (64, 128, 256)  # resnet: channels of the stages at strides 4, 8 and 16
     reduction: float = 0.5  # transitions keep floor(channels * reduction) channels (CoMER/BTTR)
     encoder_dropout: float = 0.2  # dropout after every DenseNet conv (CoMER use_dropout=True, p=0.2)
     d_model: int = 256  # width of projected features and of the decoder (CoMER/BTTR)
@@ -32,6 +37,11 @@ class ModelConfig:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type == "tuple":
+                if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
+                    raise TypeError(f"ModelConfig.{f.name} must be a list of integers, got {value!r}")
+                object.__setattr__(self, f.name, tuple(value))  # YAML and JSON give lists
+                continue
             kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if not isinstance(value, kind) or (f.type == "int" and isinstance(value, bool)):
                 raise TypeError(f"ModelConfig.{f.name} must be {f.type}, got {value!r}")
@@ -45,8 +55,13 @@ class ModelConfig:
             raise ValueError("dropout probabilities must lie in [0, 1)")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion {self.fusion!r} must be one of {', '.join(FUSIONS)}")
-        if min(self.in_channels, self.growth_rate, self.block_layers, self.num_decoder_layers,
-               self.dim_feedforward, self.vocab_size, self.max_len, self.attention_maps) < 1:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder {self.encoder!r} must be one of {', '.join(ENCODERS)}")
+        if (self.stage_layers and len(self.stage_layers) != DENSE_BLOCKS) or len(self.stage_widths) != DENSE_BLOCKS:
+            raise ValueError(f"stage_layers and stage_widths need {DENSE_BLOCKS} values (or stage_layers none)")
+        if min(self.in_channels, self.growth_rate, self.block_layers, self.num_decoder_layers, self.stem_channels,
+               self.dim_feedforward, self.vocab_size, self.max_len, self.attention_maps,
+               *self.layers, *self.stage_widths) < 1:
             raise ValueError(f"sizes must be positive: {self}")
 
     @property
@@ -54,11 +69,18 @@ class ModelConfig:
         return STRIDE
 
     @property
+    def layers(self) -> tuple[int, ...]:
+        """Layers of each of the three dense blocks (densenet) or residual stages (resnet)."""
+        return self.stage_layers or (self.block_layers,) * DENSE_BLOCKS
+
+    @property
     def encoder_channels(self) -> int:
-        """Channels of the DenseNet's output: 684 for the defaults (48 -> 432 -> 216 -> 600 -> 300 -> 684)."""
+        """Channels of the backbone's output: for the DenseNet defaults 684 (48 -> 432 -> 216 -> 600 -> 300 -> 684)."""
+        if self.encoder == "resnet":
+            return self.stage_widths[-1]
         channels = 2 * self.growth_rate
         for block in range(DENSE_BLOCKS):
-            channels += self.block_layers * self.growth_rate
+            channels += self.layers[block] * self.growth_rate
             if block < DENSE_BLOCKS - 1:
                 channels = int(math.floor(channels * self.reduction))
         return channels

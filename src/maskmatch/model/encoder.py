@@ -124,12 +124,12 @@ class DenseNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        g, n, p = config.growth_rate, config.block_layers, config.encoder_dropout
+        g, p = config.growth_rate, config.encoder_dropout
         channels = 2 * g
         self.conv1 = nn.Conv2d(config.in_channels, channels, kernel_size=7, stride=2, padding=3, bias=False)
         self.norm1 = nn.BatchNorm2d(channels)
         self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
-        for block in range(DENSE_BLOCKS):
+        for block, n in enumerate(config.layers):
             self.blocks.append(nn.ModuleList(Bottleneck(channels + i * g, g, p) for i in range(n)))
             channels += n * g
             if block < DENSE_BLOCKS - 1:
@@ -154,20 +154,76 @@ class DenseNet(nn.Module):
         return self.post_norm(x), valid  # (B, C, H/16, W/16), (B, 1, H/16, W/16)
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv BN (ReLU between), plus the input (or its 1x1 strided projection when the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (B, C, h, w), zero on padding; valid (B, 1, h', w') of the output -> (B, C', h', w'), zero on padding."""
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True) * valid
+        out = self.bn2(self.conv2(self.drop(out)))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + skip, inplace=True) * valid
+
+
+class ResNet(nn.Module):
+    """The CPU encoder: a stride-2 3x3 stem, then three stages of residual blocks at strides 4, 8 and 16 (the first
+    block of each stage halves the map with a strided convolution): fewer, wider convolutions than DenseNet-B,
+    which oneDNN runs near its matmul rate. (B, 1, H, W) -> (B, stage_widths[-1], ceil(H/16), ceil(W/16)).
+    Padding rule and padding independence as the DenseNet's (module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        p = config.encoder_dropout
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, config.stem_channels, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(config.stem_channels), nn.ReLU(inplace=True))
+        self.stages = nn.ModuleList()
+        channels = config.stem_channels
+        for width, n in zip(config.stage_widths, config.layers):
+            self.stages.append(nn.ModuleList(ResidualBlock(channels if i == 0 else width, width, 2 if i == 0 else 1, p)
+                                             for i in range(n)))
+            channels = width
+        self.out_channels = channels
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W), valid (B, 1, H, W) 1.0 on image -> features (B, C', h, w), valid (B, 1, h, w)."""
+        x = self.stem(images * valid)
+        valid = halve_valid(valid)
+        x = x * valid  # (B, stem, H/2, W/2)
+        for stage in self.stages:
+            valid = halve_valid(valid)
+            for block in stage:
+                x = block(x, valid)
+        return x, valid  # (B, C', H/16, W/16), (B, 1, H/16, W/16)
+
+
 class Encoder(nn.Module):
-    """DenseNet-B, 1x1 projection to d_model, 2-D image positions, LayerNorm (CoMER's order); padding zeroed."""
+    """DenseNet-B or ResNet, 1x1 projection to d_model, 2-D image positions, LayerNorm (CoMER's order); padding
+    zeroed."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.densenet = DenseNet(config)
-        self.proj = nn.Conv2d(self.densenet.out_channels, config.d_model, kernel_size=1)
+        self.backbone = DenseNet(config) if config.encoder == "densenet" else ResNet(config)
+        self.proj = nn.Conv2d(self.backbone.out_channels, config.d_model, kernel_size=1)
         self.norm = nn.LayerNorm(config.d_model)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 1, H, W), mask (B, H, W) True on padding -> features (B, h, w, d), feature_mask (B, h, w)."""
         valid = (~mask)[:, None].to(images.dtype)  # (B, 1, H, W)
-        x, valid = self.densenet(images, valid)  # (B, C, h, w), (B, 1, h, w)
+        x, valid = self.backbone(images, valid)  # (B, C, h, w), (B, 1, h, w)
         x = self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, d)
         feature_mask = valid[:, 0] == 0  # (B, h, w)
         x = self.norm(x + image_positions(feature_mask, self.config.d_model, self.config.pos_temperature))

@@ -6,7 +6,7 @@ training and by (val_seed, first image) for validation), one encoder pass over a
     global: mask-aware mean of the features (2B, d) -> projector -> NT-Xent
     local:  features bilinearly sampled at the matched ink points (2B, P, d) -> pointwise head -> InfoNCE
     L = L_global + local_weight * L_local
-The features are the encoder's content features, DenseNet then the 1x1 projection (`Encoder.densenet`,
+The features are the encoder's content features, DenseNet then the 1x1 projection (`Encoder.backbone`,
 `Encoder.proj`), zeroed on padding: the encoder's last step adds 2-D sinusoidal positions and a
 LayerNorm, and with positions in them features could match by where they are rather than by what they
 show (a tiny test run's pooled features were all alike). `encoder.norm` is therefore not trained here; it
@@ -74,7 +74,7 @@ class PretrainModule(L.LightningModule):
         """The encoder's content features of all 2B views -> pooled (2B, d), at the views' points (2B, P, d)."""
         images = views.images.contiguous(memory_format=torch.channels_last) if self.channels_last else views.images
         valid = (~views.mask)[:, None].to(images.dtype)  # (2B, 1, H, W)
-        x, valid = self.encoder.densenet(images, valid)  # (2B, C, h, w), (2B, 1, h, w)
+        x, valid = self.encoder.backbone(images, valid)  # (2B, C, h, w), (2B, 1, h, w)
         features = (self.encoder.proj(x) * valid).permute(0, 2, 3, 1)  # (2B, h, w, d), zero on padding
         feature_mask = valid[:, 0] == 0  # (2B, h, w)
         return pool(features, feature_mask), sample_at(features, views.view_points, self.config.model.stride)

@@ -73,7 +73,7 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-FINETUNE_PANELS = ((("loss",), "training loss"), (("lr",), "learning rate"),
+FINETUNE_PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"), (("lr",), "learning rate"),
                    (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
 
 
@@ -260,7 +260,8 @@ class RunCheckpoints(L.Callback):
 
 def exprate_record(pl_module) -> dict:
     """finetune's validation record: ExpRate and the number of images."""
-    return {"val_exprate": round(pl_module.val_exprate, 4), "val_n": pl_module.val_n}
+    return {"val_exprate": round(pl_module.val_exprate, 4), "val_loss": round(pl_module.val_loss, 4),
+            "val_n": pl_module.val_n}
 
 
 class RunLog(L.Callback):

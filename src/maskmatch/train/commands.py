@@ -7,7 +7,7 @@ import time
 
 from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
 
-PRESETS = ("tiny", "small", "crohme")
+PRESETS = ("tiny", "small", "cpu", "crohme")
 
 
 def stage() -> Stage:

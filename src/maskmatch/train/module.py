@@ -47,9 +47,9 @@ class FinetuneModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model)
         self.total_steps, self.planned = 1, False
-        self.val_exprate, self.val_n = float("nan"), 0
+        self.val_exprate, self.val_n, self.val_loss = float("nan"), 0, float("nan")
         self.step_lr = 0.0  # learning rate of the latest training step
-        self._val_counts = [0, 0]  # correct, seen
+        self._val_counts = [0, 0, 0.0, 0]  # correct, seen, summed token cross-entropy, tokens
 
     # ------------------------------------------------------------------ training
 
@@ -79,15 +79,21 @@ class FinetuneModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = [0, 0]
+        self._val_counts = [0, 0, 0.0, 0]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Greedy decoding with the EMA weights; an expression counts when its canonical tokens match.
 
         Decoding stops after the longest reference plus 3 steps: a longer output is wrong anyway (and
         more than 2 edits away), so ExpRate is exactly that of unbounded decoding, at a fraction of an
-        untrained model's cost.
+        untrained model's cost. Also sums the token-level cross-entropy of both directions (teacher forcing,
+        no label smoothing): `val_loss`, which separates recipes long before ExpRate does.
         """
+        inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)
+        logits = self.ema.module(self._images(batch), batch.mask, inputs)
+        tokens = int((targets != PAD).sum())
+        self._val_counts[2] += float(bidirectional_loss(logits, targets, 0.0)) * tokens
+        self._val_counts[3] += tokens
         hyps = self.ema.module.greedy(self._images(batch), batch.mask, max_len=int(batch.lengths.max()) + 3)
         for hyp, row, n in zip(hyps, batch.tokens.tolist(), batch.lengths.tolist()):
             prediction, reference = self.vocabulary.decode(hyp.ids), self.vocabulary.decode(row[:n])
@@ -96,10 +102,12 @@ class FinetuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         counts = torch.tensor(self._val_counts, dtype=torch.float64, device=self.device)
-        correct, seen = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        correct, seen, loss_sum, tokens = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         self.val_exprate, self.val_n = 100.0 * correct / max(seen, 1), int(seen)
+        self.val_loss = loss_sum / max(tokens, 1)
         if not self.trainer.sanity_checking:
             self.log("val_exprate", self.val_exprate, prog_bar=True, sync_dist=True)  # equal on all ranks already
+            self.log("val_loss", self.val_loss, sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoints describe themselves
 

@@ -17,9 +17,9 @@ class ModelConfig:
     encoder: str = "densenet"  # densenet (CoMER/BTTR) or resnet (residual 3x3 stages; CPU recipe)
     growth_rate: int = 24  # channels each bottleneck layer adds (CoMER/BTTR DenseNet-B)
     block_layers: int = 16  # bottleneck layers in each of the three dense blocks (CoMER/BTTR)
-    stage_layers: tuple = ()  # layers of each of the three blocks (stages), e.g. (6, 10, 12); () = block_layers each
+    stage_layers: tuple[int, ...] = ()  # layers of each of the three blocks (stages), e.g. (6, 10, 12); () = block_layers each
     stem_channels: int = 32  # resnet: channels of the stride-2 stem convolution
-    stage_widths: tuple = (64, 128, 256)  # resnet: channels of the stages at strides 4, 8 and 16
+    stage_widths: tuple[int, ...] = (64, 128, 256)  # resnet: channels of the stages at strides 4, 8 and 16
     reduction: float = 0.5  # transitions keep floor(channels * reduction) channels (CoMER/BTTR)
     encoder_dropout: float = 0.2  # dropout after every DenseNet conv (CoMER use_dropout=True, p=0.2)
     d_model: int = 256  # width of projected features and of the decoder (CoMER/BTTR)
@@ -37,7 +37,7 @@ class ModelConfig:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "tuple":
+            if f.type == "tuple[int, ...]":
                 if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
                     raise TypeError(f"ModelConfig.{f.name} must be a list of integers, got {value!r}")
                 object.__setattr__(self, f.name, tuple(value))  # YAML and JSON give lists

@@ -54,8 +54,12 @@ def trained() -> HMERModel:
     pytest.fail(f"tiny model did not overfit the batch in 400 steps (last loss {loss.item():.4f})")
 
 
-def test_encoder_stride_shapes_and_mask():
-    encoder = Encoder(ModelConfig.tiny()).eval()
+RESNET = dict(encoder="resnet", stem_channels=8, stage_widths=(8, 16, 24), stage_layers=(1, 2, 1))
+
+
+@pytest.mark.parametrize("family", [{}, RESNET, dict(stage_layers=(1, 2, 3))], ids=["densenet", "resnet", "layers"])
+def test_encoder_stride_shapes_and_mask(family):
+    encoder = Encoder(ModelConfig.tiny(**family)).eval()
     images, mask = torch.rand(2, 1, 33, 70), torch.ones(2, 33, 70, dtype=torch.bool)
     mask[0], mask[1, :20, :40] = False, False
     with torch.no_grad():
@@ -81,6 +85,37 @@ def test_config_rejects_bad_values():
         ModelConfig(d_model="256")
     with pytest.raises(ValueError):
         ModelConfig(d_model=250, nhead=5)
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="vit")
+    with pytest.raises(ValueError, match="3 values"):
+        ModelConfig(stage_layers=(4, 4))
+    with pytest.raises(TypeError, match="stage_widths"):
+        ModelConfig(stage_widths=(32, 64.0, 128))
+
+
+def test_encoder_family_shapes_from_config():
+    """Per-block layer counts set the DenseNet's channels; the ResNet ends at its last stage's width; lists (as
+    YAML and JSON give them) become tuples, so configs compare equal whatever they were read from."""
+    dense = ModelConfig(growth_rate=16, stage_layers=[6, 10, 12])
+    assert dense.stage_layers == (6, 10, 12) and dense == ModelConfig(growth_rate=16, stage_layers=(6, 10, 12))
+    assert dense.encoder_channels == Encoder(dense).backbone.out_channels == (((32 + 96) // 2 + 160) // 2 + 192)
+    resnet = ModelConfig(**RESNET)
+    encoder = Encoder(resnet)
+    assert resnet.encoder_channels == encoder.backbone.out_channels == encoder.proj.in_channels == 24
+    assert [len(stage) for stage in encoder.backbone.stages] == [1, 2, 1]
+
+
+def test_resnet_features_do_not_depend_on_padding():
+    """In eval mode an image's valid cells come out the same alone as padded inside a wider, taller batch."""
+    torch.manual_seed(0)
+    encoder = Encoder(ModelConfig.tiny(**RESNET)).eval()
+    image = torch.rand(1, 1, 37, 83)
+    padded, mask = torch.zeros(1, 1, 64, 130), torch.ones(1, 64, 130, dtype=torch.bool)
+    padded[..., :37, :83], mask[:, :37, :83] = image, False
+    with torch.no_grad():
+        alone, _ = encoder(image, torch.zeros(1, 37, 83, dtype=torch.bool))
+        inside, _ = encoder(padded, mask)
+    assert torch.allclose(alone[0], inside[0, :3, :6], atol=1e-5)  # ceil(37/16), ceil(83/16) cells
 
 
 def test_bidirectional_targets_hand_worked():
@@ -109,9 +144,10 @@ def test_incremental_decoding_matches_full_forward(norm_first):
             torch.testing.assert_close(decoder.step(tokens[perm, t], cache), full[perm, t], atol=1e-5, rtol=0)
 
 
-def test_save_then_load_gives_identical_outputs():
+@pytest.mark.parametrize("family", [{}, RESNET], ids=["densenet", "resnet"])
+def test_save_then_load_gives_identical_outputs(family):
     torch.manual_seed(2)
-    config = ModelConfig.tiny()
+    config = ModelConfig.tiny(**family)
     model = HMERModel(config).eval()
     images, mask, tokens, lengths = synthetic_batch()
     inputs, _ = bidirectional_targets(tokens, lengths)

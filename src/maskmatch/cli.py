@@ -20,9 +20,11 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.train.pipeline",  # train: all three stages
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.attention_command",  # attention: maps over an image
+    "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results
     "maskmatch.serve.commands",  # serve, serve-load
     "maskmatch.benchmark",  # benchmark
+    "maskmatch.train_benchmark",  # train-benchmark
 ]
 
 

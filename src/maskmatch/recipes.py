@@ -1,0 +1,101 @@
+"""`maskmatch recipes`: the equal-time comparison of finetune runs, from their own files, never typed.
+
+Each RUN_DIR is a `maskmatch finetune` run (config.yaml, log.jsonl). The table gives, per run, its recipe (the
+encoder, the render scale of its data), parameters, minutes, steps, its median training images/s, and its last
+validation on the held-out slice (token-level cross-entropy of the EMA model and greedy ExpRate); the figure
+draws each run's training loss against minutes. Writes OUT/recipes.md and OUT/recipes.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+from pathlib import Path
+
+from maskmatch.errors import UserError
+
+
+def run_row(run_dir: Path) -> dict:
+    """One run's recipe and outcome from config.yaml, log.jsonl and its data's cache/meta.json."""
+    import json
+
+    from maskmatch.config import load_yaml
+    from maskmatch.model import HMERModel
+    from maskmatch.train.callbacks import read_log
+    from maskmatch.train.config import FinetuneConfig
+
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "log.jsonl").is_file():
+        raise UserError(f"{run_dir}: not a finetune run (config.yaml and log.jsonl needed)")
+    config = load_yaml(FinetuneConfig, run_dir / "config.yaml")
+    records = read_log(run_dir / "log.jsonl")
+    training = [r for r in records if "loss" in r and "event" not in r]
+    validations = [r for r in records if "val_exprate" in r and "event" not in r]
+    meta = Path(config.data.root) / config.data.train_split / "cache" / "meta.json"
+    render = json.loads(meta.read_text("utf-8"))["render"] if meta.is_file() else {}
+    m = config.model
+    encoder = (f"resnet {list(m.stage_widths)} x {list(m.layers)}" if m.encoder == "resnet"
+               else f"densenet g{m.growth_rate} x {list(m.layers)}")
+    last = validations[-1] if validations else {}
+    return {"run": run_dir.name, "encoder": encoder, "symbol_size": render.get("symbol_size"),
+            "parameters": sum(p.numel() for p in HMERModel(m).parameters()),
+            "minutes": max((r.get("elapsed_s", 0) for r in records), default=0) / 60,
+            "steps": max((r["step"] for r in records if "step" in r), default=0),
+            "images_per_s": statistics.median(r["images_per_s"] for r in training if "images_per_s" in r)
+            if any("images_per_s" in r for r in training) else float("nan"),
+            "val_loss": last.get("val_loss", float("nan")), "val_exprate": last.get("val_exprate", float("nan")),
+            "curve": [(r["elapsed_s"] / 60, r["loss"]) for r in training if "elapsed_s" in r]}
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = ["# Recipes at equal time", "",
+             f"Made by `{command}`; do not edit by hand. Every run trained for the same wall-clock budget on this "
+             "machine (see each run's minutes), validated on the held-out slice of train (whole expressions; "
+             "token cross-entropy of the EMA weights, teacher-forced in both directions, and greedy ExpRate).", "",
+             "| run | encoder | symbol px | parameters | minutes | steps | training images/s (median) "
+             "| validation loss | validation ExpRate (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["val_loss"]):
+        lines.append(f"| {r['run']} | {r['encoder']} | {r['symbol_size']:g} | {r['parameters'] / 1e6:.2f} M "
+                     f"| {r['minutes']:.1f} | {r['steps']} | {r['images_per_s']:.1f} | {r['val_loss']:.3f} "
+                     f"| {r['val_exprate']:.1f} |")
+    lines += ["", "![training loss against minutes](recipes.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["curve"]:
+            minutes, loss = zip(*r["curve"])
+            ax.plot(minutes, loss, label=r["run"])
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("training loss (label-smoothed)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    rows = [run_row(Path(d)) for d in args.run_dirs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["maskmatch", "recipes", *args.run_dirs, "--out", args.out])
+    (out / "recipes.md").write_text(markdown(rows, command), "utf-8")
+    plot(rows, out / "recipes.png")
+    print(f"wrote {out / 'recipes.md'} and {out / 'recipes.png'}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("recipes", help="the equal-time table of finetune runs (results/recipes.md)",
+                            description=__doc__.split("\n\n")[1])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finetune runs trained for the same minutes")
+    p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")
+    p.set_defaults(run=_recipes)

@@ -1,0 +1,145 @@
+"""`maskmatch train-benchmark`: what a training step of each finetune preset costs on this machine.
+
+For each recipe (a shipped preset, optionally with --set overrides) it builds the real training data of that
+recipe (its data.root cache, held-out slice removed, scale augmentation, size-bucketed batches, in-process
+loading) and runs the first --batches batches of a shuffled epoch through the real step: bidirectional
+label-smoothed loss, backward, gradient clipping, AdamW with its schedule, the EMA update. Images/s is images
+over the wall time of all of it, data loading and collation included (an epoch's rate, large expressions
+counted as they come; one warm-up batch excluded). FLOPs are counted by PyTorch's FlopCounterMode on the same
+batches (forward and backward), so achieved GFLOP/s can be read against the machine's fp32 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib import resources
+from types import SimpleNamespace
+
+from maskmatch.cli_args import positive_int
+from maskmatch.errors import UserError
+
+
+def recipe_config(spec: str):
+    """'cpu' or 'small:data.root=data/crohme,data.workers=0' -> FinetuneConfig."""
+    import yaml
+
+    from maskmatch.config import from_dict, override
+    from maskmatch.train.config import FinetuneConfig
+
+    preset, _, sets = spec.partition(":")
+    try:
+        text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"recipe {spec!r}: no preset {preset!r}") from None
+    config = from_dict(FinetuneConfig, yaml.safe_load(text))
+    return override(config, [s for s in sets.split(",") if s])
+
+
+def measure(config, batches: int, seed: int) -> dict:
+    """Times `batches` training steps of `config` (after one warm-up step) and counts their FLOPs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from maskmatch.model import HMERModel, bidirectional_targets
+    from maskmatch.train import common
+    from maskmatch.train.data import FinetuneData
+    from maskmatch.train.ema import EMA
+    from maskmatch.train.module import bidirectional_loss
+    from maskmatch.train.schedule import ema_decay
+
+    torch.manual_seed(seed)
+    data = FinetuneData(config.data, seed)
+    data.setup()
+    model = HMERModel(config.model).train()
+    ema = EMA(model)
+    schedule_owner = SimpleNamespace(config=config, total_steps=10**6)  # what configure_adamw reads of a module
+    optim = common.configure_adamw(schedule_owner, model.parameters())
+    optimizer, schedule = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+
+    def step(batch, count_only: bool = False) -> None:
+        inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)
+        loss = bidirectional_loss(model(batch.images, batch.mask, inputs), targets, config.optim.label_smoothing)
+        loss.backward()
+        if count_only:
+            model.zero_grad(set_to_none=True)
+            return
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        ema.update(model, ema_decay(schedule.last_epoch, config.optim.ema_decay))
+
+    loader = iter(data.train_dataloader())
+    step(next(loader))  # warm-up: first primitives, allocator
+    images, start = 0, time.perf_counter()
+    seen = []
+    for _ in range(batches):
+        try:
+            batch = next(loader)
+        except StopIteration:
+            break
+        step(batch)
+        images += len(batch)
+        seen.append(batch)
+    seconds = time.perf_counter() - start
+    with FlopCounterMode(display=False) as counter:
+        for batch in seen:
+            step(batch, count_only=True)
+    flops = counter.get_total_flops()
+    pixels = sum(int((~b.mask).sum()) for b in seen)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "images": images, "seconds": seconds,
+            "images_per_s": images / seconds, "gflop_per_image": flops / images / 1e9,
+            "achieved_gflops": flops / seconds / 1e9, "mean_pixels": pixels / images,
+            "symbol_size": float(data.cache.render_config.get("symbol_size", 0))}
+
+
+def format_table(rows: list[dict], matmul: float, threads: int) -> str:
+    lines = [f"Training step, eager fp32, {threads} threads; matmul rate {matmul:.0f} GFLOP/s (2048^2, median of 5).",
+             "",
+             "| recipe | parameters | symbol px | mean pixels | training images/s | GFLOP/image | achieved GFLOP/s "
+             "| share of matmul |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['parameters'] / 1e6:.2f} M | {r['symbol_size']:g} | {r['mean_pixels']:,.0f} "
+                     f"| {r['images_per_s']:.1f} | {r['gflop_per_image']:.2f} | {r['achieved_gflops']:.0f} "
+                     f"| {100 * r['achieved_gflops'] / matmul:.0f}% |")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import statistics
+
+    import torch
+
+    from maskmatch.benchmark import matmul_rate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for spec in args.recipes:
+        try:
+            row = measure(recipe_config(spec), args.batches, args.seed)
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(f"recipe {spec!r}: {e}") from None
+        rows.append({"recipe": spec, **row})
+        print(f"{spec}: {row['images_per_s']:.1f} images/s", flush=True)
+    matmul = statistics.median(matmul_rate(2048, 5))
+    print(format_table(rows, matmul, torch.get_num_threads()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"matmul_gflops": matmul, "threads": torch.get_num_threads(), "recipes": rows}, f, indent=1)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train-benchmark", help="training images/s and achieved GFLOP/s of finetune recipes",
+                            description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="+", metavar="RECIPE",
+                   help="a finetune preset, optionally with overrides: cpu, small:data.root=data/crohme")
+    p.add_argument("--batches", type=positive_int, default=40, help="timed batches per recipe (default 40)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--seed", type=int, default=0, help="which batches (default 0)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.set_defaults(run=_run)

@@ -106,3 +106,20 @@ def test_cli_reports_user_mistakes_in_one_line(tmp_path, capsys):
 def test_cli_rejects_unknown_split(source, tmp_path, capsys):
     assert main(["data", "build", str(source), "--out", str(tmp_path), "--splits", "2099", "--quiet"]) == 2
     assert "2099" in capsys.readouterr().err
+
+
+def test_render_scale_is_chosen_at_build_and_kept_in_the_cache(source, built, tmp_path, capsys):
+    """--symbol-size and --stroke-width render at that scale (smaller symbols, smaller images) and the cache says
+    so: finetune copies the cache's render config into the model's manifest, which recognition then renders at."""
+    out = tmp_path / "small"
+    assert main(["data", "build", str(source), "--out", str(out), "--splits", "2016", "--quiet",
+                 "--symbol-size", "20", "--stroke-width", "2"]) == 0
+    render = json.loads((out / "2016" / "cache" / "meta.json").read_text("utf-8"))["render"]
+    assert render["symbol_size"] == 20 and render["stroke_width"] == 2
+    default_dir = built[0] / "2016" / "img"
+    for png in sorted((out / "2016" / "img").glob("*.png")):
+        small, default = Image.open(png), Image.open(default_dir / png.name)
+        assert small.height < default.height and small.width < default.width
+    with pytest.raises(SystemExit):
+        main(["data", "build", str(source), "--out", str(out), "--symbol-size", "0"])
+    assert "--symbol-size" in capsys.readouterr().err

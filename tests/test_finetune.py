@@ -258,3 +258,39 @@ def test_time_budget_plans_the_run_and_ends_in_time(data_root, tmp_path):
     checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == last_step and checkpoint["maskmatch"]["total_steps"] == plan["planned_steps"]
     assert (run / "best.ckpt").is_file()
+
+
+def test_init_continues_a_whole_model_from_its_loss(data_root, reference_run, tmp_path, capsys):
+    """--init with a full exported model (every key, the EMA too) warm-restarts the schedule from the loaded weights:
+    the continued run starts at the loss the reference run ended with, far below a fresh start."""
+    run = tmp_path / "continued"
+    assert main(finetune_args(data_root, run, "--init", str(reference_run / "model.safetensors"),
+                              "--set", "trainer.max_epochs=1")) == 0
+    assert "initialized the whole model" in capsys.readouterr().out
+    fresh, continued = losses(reference_run), losses(run)
+    first = np.mean([continued[s] for s in (1, 2, 3)])
+    assert first < np.mean([fresh[s] for s in (1, 2, 3)]) - 1.0
+    assert first < np.mean([fresh[s] for s in range(EPOCHS * STEPS_PER_EPOCH - 4, EPOCHS * STEPS_PER_EPOCH + 1)]) + 0.5
+    lrs = [r["lr"] for r in read_log(run / "log.jsonl") if "lr" in r]
+    assert lrs[0] < lrs[4]  # the warm-up starts again
+
+
+def test_recipes_table_from_the_runs_files(reference_run, tmp_path):
+    """`maskmatch recipes` reads config.yaml and log.jsonl: the run's encoder, its steps and last validation."""
+    assert main(["recipes", str(reference_run), "--out", str(tmp_path), "--note", "one thread"]) == 0
+    text = (tmp_path / "recipes.md").read_text("utf-8")
+    last = [r for r in read_log(reference_run / "log.jsonl") if "val_loss" in r][-1]
+    [row] = [line for line in text.splitlines() if line.startswith(f"| {reference_run.name} |")]
+    assert "densenet g8 x [2, 2, 2]" in row and f"| {EPOCHS * STEPS_PER_EPOCH} |" in row
+    assert f"| {last['val_loss']:.3f} |" in row and "one thread" in text and "maskmatch recipes" in text
+    assert (tmp_path / "recipes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_benchmark_times_the_real_step(data_root, capsys):
+    """`maskmatch train-benchmark` runs a preset's real data and step: a row with images/s and achieved GFLOP/s."""
+    assert main(["train-benchmark", f"tiny:data.root={data_root}", "--batches", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    [row] = [line for line in out.splitlines() if line.startswith("| tiny:")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith(" M") and float(cells[4]) > 0 and float(cells[6]) > 0 and cells[7].endswith("%")
+    assert main(["train-benchmark", "nosuch"]) == 2

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from maskmatch.errors import UserError
 
+SMOOTHING = 8  # log lines averaged in the figure
+
 
 def run_row(run_dir: Path) -> dict:
     """One run's recipe and outcome from config.yaml, log.jsonl and its data's cache/meta.json."""
@@ -47,11 +49,12 @@ def run_row(run_dir: Path) -> dict:
             "curve": [(r["elapsed_s"] / 60, r["loss"]) for r in training if "elapsed_s" in r]}
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, note: str | None) -> str:
     lines = ["# Recipes at equal time", "",
              f"Made by `{command}`; do not edit by hand. Every run trained for the same wall-clock budget on this "
              "machine (see each run's minutes), validated on the held-out slice of train (whole expressions; "
-             "token cross-entropy of the EMA weights, teacher-forced in both directions, and greedy ExpRate).", "",
+             "token cross-entropy of the EMA weights, teacher-forced in both directions, and greedy ExpRate); "
+             "sorted by validation loss.", *(["", note] if note else []), "",
              "| run | encoder | symbol px | parameters | minutes | steps | training images/s (median) "
              "| validation loss | validation ExpRate (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -65,6 +68,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -72,10 +76,12 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         if r["curve"]:
-            minutes, loss = zip(*r["curve"])
-            ax.plot(minutes, loss, label=r["run"])
+            minutes, loss = np.array(r["curve"]).T
+            window = min(SMOOTHING, len(loss))
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")  # one batch's loss is noisy
+            ax.plot(minutes[window - 1 :], smooth, label=r["run"])
     ax.set_xlabel("minutes")
-    ax.set_ylabel("training loss (label-smoothed)")
+    ax.set_ylabel(f"training loss (label-smoothed; mean of {SMOOTHING} log lines)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -86,8 +92,9 @@ def _recipes(args: argparse.Namespace) -> int:
     rows = [run_row(Path(d)) for d in args.run_dirs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["maskmatch", "recipes", *args.run_dirs, "--out", args.out])
-    (out / "recipes.md").write_text(markdown(rows, command), "utf-8")
+    command = shlex.join(["maskmatch", "recipes", *args.run_dirs, "--out", args.out,
+                          *(["--note", args.note] if args.note else [])])
+    (out / "recipes.md").write_text(markdown(rows, command, args.note), "utf-8")
     plot(rows, out / "recipes.png")
     print(f"wrote {out / 'recipes.md'} and {out / 'recipes.png'}")
     return 0
@@ -98,4 +105,5 @@ def register(commands: argparse._SubParsersAction) -> None:
                             description=__doc__.split("\n\n")[1])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finetune runs trained for the same minutes")
     p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")
+    p.add_argument("--note", help="a sentence on how the runs were made (threads, side by side), printed as given")
     p.set_defaults(run=_recipes)

@@ -103,7 +103,7 @@ def format_table(rows: list[dict], matmul: float, threads: int) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['parameters'] / 1e6:.2f} M | {r['symbol_size']:g} | {r['mean_pixels']:,.0f} "
-                     f"| {r['images_per_s']:.1f} | {r['gflop_per_image']:.2f} | {r['achieved_gflops']:.0f} "
+                     f"| {r['images_per_s']:.1f} | {r['gflop_per_image']:.3g} | {r['achieved_gflops']:.3g} "
                      f"| {100 * r['achieved_gflops'] / matmul:.0f}% |")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -60,6 +61,14 @@ def training_summary(run_dir: Path, manifest: dict) -> dict:
     return {"device": training.get("device", "unknown"), "stages": summary}
 
 
+def cpu_hours(device: str, minutes: float) -> str:
+    """Core-hours of a CPU run from the manifest's device words ("CPU (2 threads)"); "-" for other devices."""
+    found = re.fullmatch(r"(?:(\d+) x )?CPU \((\d+) threads?\)", device)
+    if not found:
+        return "-"
+    return f"{int(found[1] or 1) * int(found[2]) * minutes / 60:.2f}"
+
+
 def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
     """results/README.md: our test scores beside the published ones, and how they were made."""
     cells = lambda split, how: (f"{scores[split][how]['exprate']:.2f} / {scores[split][how]['le1']:.2f} / "  # noqa: E731
@@ -85,10 +94,10 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
               "and references are compared as canonical token sequences after the same LaTeX normalizer; the "
               "published systems train on the same CROHME training set, with their own preprocessing and "
               "augmentation, for many GPU hours."]
-    lines += ["", "Training (from the run's log.jsonl):", "", "| stage | minutes | steps | median images/s |",
-              "|---|---|---|---|"]
-    lines += [f"| {stage} | {s['minutes']} | {s['steps']} | {s['images_per_s']} |"
-              for stage, s in training["stages"].items()]
+    lines += ["", "Training (from the run's log.jsonl):", "",
+              "| stage | minutes | CPU-hours | steps | median images/s |", "|---|---|---|---|---|"]
+    lines += [f"| {stage} | {s['minutes']} | {cpu_hours(training['device'], s['minutes'])} | {s['steps']} "
+              f"| {s['images_per_s']} |" for stage, s in training["stages"].items()]
     return "\n".join(lines) + "\n"
 
 

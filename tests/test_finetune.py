@@ -286,11 +286,14 @@ def test_recipes_table_from_the_runs_files(reference_run, tmp_path):
     assert (tmp_path / "recipes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_train_benchmark_times_the_real_step(data_root, capsys):
+def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     """`maskmatch train-benchmark` runs a preset's real data and step: a row with images/s and achieved GFLOP/s."""
-    assert main(["train-benchmark", f"tiny:data.root={data_root}", "--batches", "3", "--threads", "1"]) == 0
+    table = tmp_path / "throughput.md"
+    assert main(["train-benchmark", f"tiny:data.root={data_root}", "--batches", "3", "--threads", "1",
+                 "--markdown", str(table)]) == 0
     out = capsys.readouterr().out
     [row] = [line for line in out.splitlines() if line.startswith("| tiny:")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1].endswith(" M") and float(cells[4]) > 0 and float(cells[6]) > 0 and cells[7].endswith("%")
     assert main(["train-benchmark", "nosuch"]) == 2
+    assert row in table.read_text("utf-8") and "maskmatch train-benchmark tiny:" in table.read_text("utf-8")

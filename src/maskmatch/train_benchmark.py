@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from importlib import resources
+from pathlib import Path
 from types import SimpleNamespace
 
 from maskmatch.cli_args import positive_int
@@ -126,7 +128,14 @@ def _run(args: argparse.Namespace) -> int:
         rows.append({"recipe": spec, **row})
         print(f"{spec}: {row['images_per_s']:.1f} images/s", flush=True)
     matmul = statistics.median(matmul_rate(2048, 5))
-    print(format_table(rows, matmul, torch.get_num_threads()))
+    table = format_table(rows, matmul, torch.get_num_threads())
+    print(table)
+    if args.markdown:
+        command = shlex.join(["maskmatch", "train-benchmark", *args.recipes, "--batches", str(args.batches),
+                              *(["--threads", str(args.threads)] if args.threads else []),
+                              "--seed", str(args.seed), "--markdown", args.markdown])
+        text = f"# Training throughput\n\nMade by `{command}`; do not edit by hand.\n\n{table}\n"
+        Path(args.markdown).write_text(text, "utf-8")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"matmul_gflops": matmul, "threads": torch.get_num_threads(), "recipes": rows}, f, indent=1)
@@ -142,4 +151,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0, help="which batches (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table, with this command, as Markdown")
     p.set_defaults(run=_run)

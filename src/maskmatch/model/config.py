@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 DENSE_BLOCKS = 3  # DenseNet-B has three dense blocks; with the stem this fixes the stride at 16
-STRIDE = 16  # conv stride 2, max-pool 2, two transitions' average-pool 2
+STRIDE = 16  # DenseNet: conv stride 2, max-pool 2, two transitions' average-pool 2; ResNet: four stride-2 convs
 FUSIONS = ("none", "gate", "tokens")  # how stage 2's attention maps reach the decoder (model/attention.py)
 ENCODERS = ("densenet", "resnet")  # CoMER/BTTR's DenseNet-B, or fewer and wider convolutions for CPUs (encoder.py)
 

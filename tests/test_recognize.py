@@ -297,3 +297,29 @@ def test_evaluate_scoring_with_a_decoder_told_the_references(model_path, tmp_pat
 def test_evaluate_refuses_a_folder_without_captions(model_path, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--model", str(model_path)]) == 2
     assert "no caption.txt" in capsys.readouterr().err
+
+
+def test_recognize_prints_in_input_order_whatever_the_size_batches(model_path, files, capsys):
+    """recognize decodes a window of inputs in batches of like size, and still prints them in the order given."""
+    paths = ([str(files["good"]), str(files["dark"]), str(files["x"])] * 4)[:11]
+    assert main(["recognize", "--model", str(model_path), "--greedy", "--batch-size", "2", *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == paths
+
+
+def test_size_batches_group_like_sizes_within_the_budget():
+    from maskmatch.inference_commands import PIXEL_BUDGET, size_batches
+
+    images = [np.zeros((h, w), np.uint8) for h, w in [(40, 300), (40, 80), (200, 900), (40, 90), (40, 310)]]
+    batches = size_batches(images, 2)
+    assert sorted(j for b in batches for j in b) == list(range(5)) and all(len(b) <= 2 for b in batches)
+    assert [1, 3] in batches and [0, 4] in batches  # like sizes together
+    assert size_batches([], 4) == [] and size_batches([np.zeros((3000, 3000), np.uint8)], 4) == [[0]]
+    assert PIXEL_BUDGET < 3000 * 3000  # a lone image over the budget still gets its batch
+
+
+def test_heap_growth_is_limited_on_linux():
+    """recognize and serve fix glibc's mmap threshold (memory.py); elsewhere it is a no-op, never an error."""
+    from maskmatch.memory import limit_heap_growth
+
+    assert limit_heap_growth() is sys.platform.startswith("linux")

@@ -17,13 +17,16 @@ from maskmatch.errors import UserError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
 PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
+WINDOW = 8  # recognize reads this many batches' inputs, then decodes them grouped by size
 
 
 def _recognizer(args: argparse.Namespace):
     import torch
 
+    from maskmatch.memory import limit_heap_growth
     from maskmatch.recognizer import Recognizer
 
+    limit_heap_growth()  # many batches in one process: see memory.py
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return Recognizer.load(args.model, device)
@@ -62,11 +65,14 @@ def _inputs(paths: list[str]) -> list[tuple[str, str | None]]:
 
 
 def _recognize(args: argparse.Namespace) -> int:
+    """Inputs in windows of WINDOW batches: each window is preprocessed, decoded in batches of like-sized images
+    (little padding: less time and memory than batches in name order), and printed in the order given."""
     rec, beam = _recognizer(args), _beam(args)
     inputs, failed = _inputs(args.paths), 0
-    for at in range(0, len(inputs), args.batch_size):
+    window = WINDOW * args.batch_size
+    for at in range(0, len(inputs), window):
         paths, images, spent = [], [], []
-        for path, problem in inputs[at : at + args.batch_size]:
+        for path, problem in inputs[at : at + window]:
             start = time.perf_counter()
             if problem is None:
                 try:
@@ -79,7 +85,11 @@ def _recognize(args: argparse.Namespace) -> int:
                 continue
             paths.append(path)
             spent.append(1000 * (time.perf_counter() - start))
-        for path, r, ms in zip(paths, rec.decode(images, beam), spent):
+        results = [None] * len(images)
+        for batch in size_batches(images, args.batch_size):
+            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam)):
+                results[j] = r
+        for path, r, ms in zip(paths, results, spent):
             if args.json:
                 record = {"path": path, "latex": r.latex, "score": round(r.score, 4), "ms": round(r.ms + ms, 1)}
                 print(json.dumps(record, ensure_ascii=False))
@@ -87,6 +97,20 @@ def _recognize(args: argparse.Namespace) -> int:
                 print(f"{path}\t{r.latex}")
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def size_batches(images: list, batch_size: int) -> list[list[int]]:
+    """Positions of `images` (uint8 (H, W)) in batches of at most batch_size images of like size, within
+    PIXEL_BUDGET padded pixels (or the largest image alone)."""
+    import numpy as np
+
+    from maskmatch.data.batching import BucketBatchSampler
+
+    if not images:
+        return []
+    sizes = np.array([image.shape for image in images], dtype=np.int64).reshape(-1, 2)  # (N, 2)
+    budget = max(PIXEL_BUDGET, int((sizes[:, 0] * sizes[:, 1]).max()))
+    return BucketBatchSampler(sizes, budget, max_batch_size=batch_size, shuffle=False).plan(0)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -106,10 +130,8 @@ def _prenormalized(folder: Path, render) -> bool:
 def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict, list[dict]]:
     """One offline split -> (scores as in the JSON file, per-expression rows). Unreadable images are
     reported on stderr and count as wrong (empty prediction)."""
-    import numpy as np
     from tqdm import tqdm
 
-    from maskmatch.data.batching import BucketBatchSampler
     from maskmatch.data.images import load_image
     from maskmatch.data.render import normalize_bitmap
     from maskmatch.data.source import offline_split
@@ -130,9 +152,7 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
         except Exception as e:  # noqa: BLE001 - counted as wrong, not a crash
             print(f"{item.path}: {_reason(e)}; counted as wrong", file=sys.stderr)
     order = list(images)
-    sizes = np.array([images[i].shape for i in order], dtype=np.int64).reshape(-1, 2)  # (N, 2)
-    budget = max(PIXEL_BUDGET, int((sizes[:, 0] * sizes[:, 1]).max(initial=0)))
-    plan = BucketBatchSampler(sizes, budget, max_batch_size=batch_size, shuffle=False).plan(0)  # like sizes together
+    plan = size_batches([images[i] for i in order], batch_size)  # like sizes together
     predictions = [""] * len(split.items)
     for batch in tqdm(plan, desc=folder.name, unit="batch", disable=None, file=sys.stderr):
         for j, r in zip(batch, rec.decode([images[order[j]] for j in batch], beam)):

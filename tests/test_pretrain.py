@@ -82,7 +82,7 @@ def test_encoder_file_holds_exactly_the_encoder(run):
     assert set(tensors) == expected
     manifest = read_manifest(run / "encoder.safetensors")
     assert manifest["modules"] == ["encoder"] and manifest["training"]["stage"] == "pretrain"
-    assert manifest["model"] == asdict(config) and manifest["command"].startswith("maskmatch pretrain")
+    assert ModelConfig(**manifest["model"]) == config and manifest["command"].startswith("maskmatch pretrain")
     assert {"probe_global", "probe_local", "val_loss"} <= set(manifest["metrics"]["validation"])
     assert manifest["metrics"]["step_0"]["probe_local"] == validations(run)[0]["probe_local"]
     best = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]

@@ -323,3 +323,29 @@ def test_heap_growth_is_limited_on_linux():
     from maskmatch.memory import limit_heap_growth
 
     assert limit_heap_growth() is sys.platform.startswith("linux")
+
+
+def test_devices_one_rule_and_one_line_errors(model_path, capsys):
+    """CLI and API pick the same default device; a device this torch lacks is a one-line error, not a traceback."""
+    from maskmatch.devices import resolve_device
+
+    auto = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device() == resolve_device("auto") == Recognizer.load(model_path).device == auto
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+        assert main(["recognize", "--model", str(model_path), "--device", "cuda", str(model_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "CUDA is not available" in err
+
+
+def test_version(capsys):
+    from maskmatch import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"maskmatch {__version__}"

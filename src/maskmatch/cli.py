@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from maskmatch import __version__
 from maskmatch.errors import UserError
 
 COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
@@ -30,6 +31,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskmatch", description="Handwritten mathematics to LaTeX.")
+    parser.add_argument("--version", action="version", version=f"maskmatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)

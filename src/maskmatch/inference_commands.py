@@ -21,15 +21,12 @@ WINDOW = 8  # recognize reads this many batches' inputs, then decodes them group
 
 
 def _recognizer(args: argparse.Namespace):
-    import torch
-
     from maskmatch.memory import limit_heap_growth
     from maskmatch.recognizer import Recognizer
 
     limit_heap_growth()  # many batches in one process: see memory.py
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return Recognizer.load(args.model, device)
+        return Recognizer.load(args.model, args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -26,6 +26,7 @@ from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
 from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
+from maskmatch.devices import resolve_device
 from maskmatch.model import HMERModel
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
@@ -64,8 +65,10 @@ class Recognizer:
         self.vocabulary, self.render, self.manifest = vocabulary, render, manifest or {}
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "Recognizer":
-        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package."""
+    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None) -> "Recognizer":
+        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package.
+        device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's)."""
+        device = resolve_device(device)
         if path is None:
             shipped = resources.files("maskmatch").joinpath("assets", SHIPPED)
             if not shipped.is_file():

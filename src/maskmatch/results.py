@@ -150,7 +150,7 @@ def _results(args: argparse.Namespace) -> int:
     if args.readme:
         readme_section(Path(args.readme))  # before the long evaluation
     try:
-        rec = Recognizer.load(model, args.device or "cpu")
+        rec = Recognizer.load(model, args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir = Path(args.run_dir) if args.run_dir else model.parent
@@ -199,7 +199,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT", help="default 2014 2016 2019")
     p.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default 16")
-    p.add_argument("--device", help="torch device (default cpu)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     p.add_argument("--readme", metavar="FILE", help=f"also write the table into FILE between {README_START} and "
                    f"{README_END}")
     p.add_argument("--ship", action="store_true", help="copy the model into the package as the shipped weights")

@@ -28,15 +28,12 @@ def _port(text: str) -> int:
 
 
 def _recognizer(args: argparse.Namespace):
-    import torch
-
     from maskmatch.memory import limit_heap_growth
     from maskmatch.recognizer import Recognizer
 
     limit_heap_growth()  # a server recognizes request after request: see memory.py
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return Recognizer.load(args.model, device)
+        return Recognizer.load(args.model, args.device)
     except (ValueError, OSError) as e:
         raise UserError(" ".join(str(e).split())) from None
 

@@ -26,9 +26,12 @@ def _data_build(args: argparse.Namespace) -> int:
 
 
 def _data_sheet(args: argparse.Namespace) -> int:
-    from maskmatch.data.sheet import draw_contact_sheet
+    from maskmatch.data.sheet import draw_contact_sheet, draw_variant_sheet
 
-    draw_contact_sheet(Path(args.split_dir), Path(args.out), n=args.n, seed=args.seed)
+    if args.variants:
+        draw_variant_sheet(Path(args.split_dir), Path(args.out), n=args.n, variants=args.variants, seed=args.seed)
+    else:
+        draw_contact_sheet(Path(args.split_dir), Path(args.out), n=args.n, seed=args.seed)
     print(f"wrote {args.out}")
     return 0
 
@@ -51,8 +54,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.set_defaults(run=_data_build)
 
     sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")
-    sheet.add_argument("split_dir", help="a built split folder (caption.txt + img/)")
+    sheet.add_argument("split_dir", help="a built split folder (caption.txt + img/); with --variants, InkML files")
     sheet.add_argument("--out", required=True, help="PNG to write")
     sheet.add_argument("-n", type=positive_int, default=24, help="number of samples (default 24)")
     sheet.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
+    sheet.add_argument("--variants", type=positive_int, metavar="K",
+                       help="draw each of n InkML expressions beside K stroke-distorted variants (default: none)")
     sheet.set_defaults(run=_data_sheet)

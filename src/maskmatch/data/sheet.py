@@ -1,4 +1,5 @@
-"""A contact sheet: random samples of a built split tiled on one PNG, each captioned, for a look by eye.
+"""A contact sheet: random samples of a built split tiled on one PNG, each captioned, for a look by eye; or,
+from InkML files, each sampled expression's plain render beside its distorted variants (data/distort.py).
 
 A split folder in the offline layout holds `caption.txt` (`name<TAB>space-separated tokens` a
 line) and `img/<name>.png`.
@@ -64,6 +65,57 @@ def draw_contact_sheet(split_dir: Path, out: Path, n: int = 24, seed: int = 0) -
     sheet.save(out)
 
 
+def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, seed: int = 0) -> None:
+    """n random InkML files (seeded) of folder, searched recursively, one row each: the plain render, then
+    `variants` distorted ones (variant v drawn from seed v), on the PNG out."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from maskmatch.data.distort import distort, pen_width
+    from maskmatch.data.inkml import InkmlError, read_inkml
+    from maskmatch.data.render import RenderConfig, render_strokes
+
+    files = sorted(Path(folder).rglob("*.inkml"))
+    if not files:
+        raise UserError(f"{folder}: no .inkml files (--variants draws from pen strokes)")
+    rng, inks = random.Random(seed), []
+    for path in rng.sample(files, len(files)):
+        try:
+            ink = read_inkml(path)
+        except (InkmlError, ValueError):
+            continue
+        if ink.strokes:
+            inks.append((path.stem, ink))
+        if len(inks) == n:
+            break
+    font, line_h, base = _font(), FONT_SIZE + 4, RenderConfig()
+    cols = variants + 1
+    sheet = Image.new("L", (GAP + cols * (CELL_W + GAP), GAP + len(inks) * (CELL_H + line_h + GAP)), 255)
+    draw = ImageDraw.Draw(sheet)
+    for row, (name, ink) in enumerate(inks):
+        y = GAP + row * (CELL_H + line_h + GAP)
+        for v in range(cols):
+            x = GAP + v * (CELL_W + GAP)
+            render = base if v == 0 else replace(base, stroke_width=pen_width(base.stroke_width, seed=v))
+            image = render_strokes(ink.strokes if v == 0 else distort(ink.strokes, seed=v), render)
+            draw.rectangle((x, y, x + CELL_W - 1, y + CELL_H - 1), fill=200)
+            sheet.paste(_fit_cell(Image.fromarray(np.asarray(image))), (x, y))
+            label = name if v == 0 else f"variant {v}"
+            draw.text((x, y + CELL_H + 2), _fit_text(draw, label, font), fill=90 if v else 0, font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def _fit_cell(image: Image.Image) -> Image.Image:
+    """image shrunk (never enlarged) to fit a cell."""
+    k = min(1.0, CELL_W / image.width, CELL_H / image.height)
+    if k < 1:
+        size = (max(1, int(image.width * k)), max(1, int(image.height * k)))
+        image = image.resize(size, Image.Resampling.BOX)
+    return image
+
+
 def _load(path: Path) -> Image.Image | None:
     """The image as 'L', shrunk (never enlarged) to fit a cell; None if it cannot be read."""
     try:
@@ -71,11 +123,7 @@ def _load(path: Path) -> Image.Image | None:
             image = im.convert("L")
     except (OSError, ValueError):
         return None
-    k = min(1.0, CELL_W / image.width, CELL_H / image.height)
-    if k < 1:
-        size = (max(1, int(image.width * k)), max(1, int(image.height * k)))
-        image = image.resize(size, Image.Resampling.BOX)
-    return image
+    return _fit_cell(image)
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -1,0 +1,85 @@
+"""Stroke distortions (data/distort.py): pure functions of the seed, scale-free, bounded; the variant sheet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import read_members
+from maskmatch.cli import main
+from maskmatch.data.distort import DistortConfig, distort, pen_width, typical_extent
+
+NONE = DistortConfig(stroke_rotation=0, stroke_scale=0, stroke_shift=0, elastic=0, rotation=0, slant=0, aspect=0,
+                     pen=(1.0, 1.0))
+
+
+def ink(scale: float = 1.0) -> list[np.ndarray]:
+    """An 'x' (two crossing strokes, 40 points each), a dot, and a '-': pen units times scale."""
+    t = np.linspace(0, 1, 40)[:, None]
+    strokes = [np.hstack([t, t]) * 30, np.hstack([t, 1 - t]) * 30, np.array([[45.0, 15.0]]),
+               np.hstack([60 + 25 * t, np.full_like(t, 15)])]
+    return [s * scale for s in strokes]
+
+
+def test_the_seed_decides_the_variant():
+    a, b, c = distort(ink(), seed=3), distort(ink(), seed=3), distort(ink(), seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.allclose(x, z) for x, z in zip(a, c))
+    assert [len(s) for s in a] == [len(s) for s in ink()]  # same strokes, same points
+    assert pen_width(3.0, seed=5) == pen_width(3.0, seed=5) != pen_width(3.0, seed=6)
+
+
+def test_no_ranges_no_change_and_the_input_is_left_alone():
+    original = ink()
+    out = distort(original, NONE, seed=1)
+    assert all(np.allclose(x, y) for x, y in zip(out, ink()))
+    assert all(np.array_equal(x, y) for x, y in zip(original, ink()))  # not modified in place
+    assert pen_width(3.0, NONE, seed=1) == pytest.approx(3.0)
+
+
+def test_ranges_are_in_stroke_extents_so_pen_resolution_does_not_matter():
+    """CROHME's subsets record ink at scales ~10,000 times apart: the same seed distorts alike at any of them."""
+    small, large = distort(ink(), seed=7), distort(ink(1000.0), seed=7)
+    assert all(np.allclose(s * 1000, l, rtol=1e-9, atol=1e-6) for s, l in zip(small, large))
+    assert typical_extent(ink(1000.0)) == pytest.approx(1000 * typical_extent(ink()))
+
+
+def test_slant_alone_shifts_x_in_proportion_to_height():
+    cfg = DistortConfig(**{**NONE.__dict__, "slant": 0.3})
+    for seed in range(5):
+        out = distort(ink(), cfg, seed)
+        shifts = [(o[:, 0] - i[:, 0]) for o, i in zip(out, ink())]
+        ys = np.concatenate([i[:, 1] for i in ink()])
+        slope = np.polyfit(ys, np.concatenate(shifts), 1)[0]
+        assert abs(slope) <= 0.3 + 1e-9 and np.allclose(np.concatenate([o[:, 1] for o in out]), ys)
+
+
+def test_default_variants_stay_close_to_the_ink():
+    """Variants move points by a fraction of a stroke extent, not across the expression."""
+    unit = typical_extent(ink())
+    for seed in range(20):
+        moved = np.concatenate([np.linalg.norm(o - i, axis=1) for o, i in zip(distort(ink(), seed=seed), ink())])
+        assert 0 < moved.max() < 0.5 * unit
+        assert 0.6 * 3.0 <= pen_width(3.0, seed=seed) <= 1.4 * 3.0
+
+
+def test_bad_ranges_are_refused():
+    with pytest.raises(ValueError):
+        DistortConfig(rotation=-1)
+    with pytest.raises(ValueError):
+        DistortConfig(pen=(1.5, 1.0))
+
+
+def test_variant_sheet_from_inkml(crohme_archive, tmp_path, capsys):
+    names = ["train/MfrDB/MfrDB0104.inkml", "train/KAIST/KME1G3_0_sub_10.inkml", "train/expressmatch/101_Frank.inkml"]
+    for name, data in read_members(crohme_archive, names).items():
+        (tmp_path / "ink" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ink" / name).write_bytes(data)
+    out = tmp_path / "variants.png"
+    assert main(["data", "sheet", str(tmp_path / "ink"), "--variants", "3", "-n", "2", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.width > 4 * 512 and im.height > 2 * 128  # 2 rows of the plain render and 3 variants
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "sheet", str(tmp_path / "empty"), "--variants", "3", "--out", str(out)]) == 2
+    assert "no .inkml files" in capsys.readouterr().err

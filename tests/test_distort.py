@@ -83,3 +83,17 @@ def test_variant_sheet_from_inkml(crohme_archive, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["data", "sheet", str(tmp_path / "empty"), "--variants", "3", "--out", str(out)]) == 2
     assert "no .inkml files" in capsys.readouterr().err
+
+
+def test_symbol_jitter_moves_a_symbols_strokes_together():
+    """With only the per-symbol jitter, the two strokes of the 'x' keep their relative geometry (one rigid
+    similarity for both), and strokes outside every symbol stay where they were."""
+    cfg = DistortConfig(**{**NONE.__dict__, "symbol_rotation": 10.0, "symbol_scale": 0.2, "symbol_shift": 0.2})
+    out = distort(ink(), cfg, seed=2, symbols=[(0, 1)])
+    before, after = np.vstack(ink()[:2]), np.vstack(out[:2])
+    distances = lambda p: np.linalg.norm(p[:, None] - p[None], axis=2)  # noqa: E731
+    ratio = distances(after)[distances(before) > 0] / distances(before)[distances(before) > 0]
+    assert np.allclose(ratio, ratio[0]) and not np.allclose(after, before)
+    assert all(np.allclose(o, i) for o, i in zip(out[2:], ink()[2:]))
+    plain = distort(ink(), seed=9)  # without symbols the other steps draw the same numbers
+    assert all(np.allclose(a, b) for a, b in zip(plain, distort(ink(), seed=9, symbols=[])))

@@ -78,3 +78,23 @@ def test_undeclared_channels_take_the_first_two():
 def test_missing_path_is_a_reason_not_a_crash(tmp_path):
     with pytest.raises(InkmlError, match="cannot read"):
         read_inkml(tmp_path / "nope.inkml")
+
+
+def test_symbols_from_trace_groups_and_bad_groups_reported(crohme_archive):
+    """CROHME's traceGroups give each symbol's label and strokes; a group without a label, with a reference to
+    no ink, or sharing a stroke is reported and skipped, and the ink is still read."""
+    from maskmatch.data.inkml import Symbol
+
+    data = read_members(crohme_archive, ["train/MfrDB/MfrDB0104.inkml"])["train/MfrDB/MfrDB0104.inkml"]
+    ink = read_inkml(data)
+    assert ink.symbols[0] == Symbol("c", (0,)) and not ink.problems
+    assert sorted(i for s in ink.symbols for i in s.strokes) == list(range(len(ink.strokes)))
+    bad = (b'<ink><trace id="a">0 0, 1 1</trace><trace id="b">2 2, 3 3</trace><traceGroup>'
+           b'<traceGroup xml:id="g1"><annotation type="truth">x</annotation><traceView traceDataRef="a"/></traceGroup>'
+           b'<traceGroup xml:id="g2"><annotation type="truth">y</annotation><traceView traceDataRef="a"/></traceGroup>'
+           b'<traceGroup xml:id="g3"><traceView traceDataRef="b"/></traceGroup>'
+           b'<traceGroup xml:id="g4"><annotation type="truth">z</annotation><traceView traceDataRef="q"/></traceGroup>'
+           b'</traceGroup></ink>')
+    ink = read_inkml(bad)
+    assert ink.symbols == (Symbol("x", (0,)),) and len(ink.strokes) == 2
+    assert [p.split(":")[0] for p in ink.problems] == ["traceGroup g2 (y)", "traceGroup g3", "traceGroup g4 (z)"]

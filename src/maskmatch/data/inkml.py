@@ -31,9 +31,17 @@ class InkmlError(ValueError):
 
 
 @dataclass(frozen=True)
+class Symbol:
+    label: str  # the truth label of its traceGroup, e.g. "x", "\\sqrt", "."
+    strokes: tuple[int, ...]  # indices into Ink.strokes, in file order
+
+
+@dataclass(frozen=True)
 class Ink:
     strokes: list[np.ndarray]  # each (n_i, 2) float64 (x, y), y pointing down, all finite
     truth: str | None  # the raw LaTeX of <annotation type="truth">, None if absent
+    symbols: tuple[Symbol, ...] = ()  # the symbol segmentation (CROHME's traceGroups), where it is consistent
+    problems: tuple[str, ...] = ()  # why traceGroups were skipped, one line each (never fatal)
 
 
 def read_inkml(source: bytes | str | Path) -> Ink:
@@ -47,17 +55,19 @@ def read_inkml(source: bytes | str | Path) -> Ink:
     if _local(root.tag) != "ink":
         raise InkmlError(f"root element is <{_local(root.tag)}>, not <ink>")
     x_index, y_index = _xy_channels(root)
-    strokes, n_points = [], 0
+    strokes, n_points, stroke_of = [], 0, {}
     for number, trace in enumerate(e for e in root.iter() if _local(e.tag) == "trace"):
         points = _parse_trace(trace.text or "", number, x_index, y_index)
         n_points += len(points)
         if n_points > MAX_POINTS:
             raise InkmlError(f"too many points (> {MAX_POINTS})")
         if len(points):
+            stroke_of[trace.get("id", str(number))] = len(strokes)
             strokes.append(points)
     if not strokes:
         raise InkmlError("no ink: no trace has a finite point")
-    return Ink(strokes=strokes, truth=_truth(root))
+    symbols, problems = _symbols(root, stroke_of)
+    return Ink(strokes=strokes, truth=_truth(root), symbols=symbols, problems=problems)
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -122,6 +132,32 @@ def _parse_trace(text: str, number: int, x_index: int, y_index: int) -> np.ndarr
             raise InkmlError(f"trace {number}: absurd coordinate ({x:g}, {y:g})")
         rows.append((x, y))
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def _symbols(root: Element, stroke_of: dict[str, int]) -> tuple[tuple[Symbol, ...], tuple[str, ...]]:
+    """The innermost traceGroups with a truth label and trace references, as Symbols; a group whose label is
+    missing, whose references name no stroke, or that shares a stroke with an earlier group is skipped and
+    reported (one line each). A file whose groups are all skipped has no symbols."""
+    symbols, problems, taken = [], [], set()
+    groups = [g for g in root.iter() if _local(g.tag) == "traceGroup"]
+    for g in groups:
+        if any(_local(c.tag) == "traceGroup" for c in g):
+            continue  # the segmentation's outer group
+        name = g.get("{http://www.w3.org/XML/1998/namespace}id") or g.get("id") or "?"
+        labels = [c.text for c in g if _local(c.tag) == "annotation" and c.get("type") == "truth"]
+        refs = [c.get("traceDataRef") for c in g if _local(c.tag) == "traceView"]
+        label = (labels[0] or "").strip() if labels else ""
+        indices = [stroke_of.get(r) for r in refs]
+        if not label:
+            problems.append(f"traceGroup {name}: no truth label")
+        elif not refs or None in indices:
+            problems.append(f"traceGroup {name} ({label}): references traces that hold no ink: {refs}"[:200])
+        elif taken & set(indices):
+            problems.append(f"traceGroup {name} ({label}): shares a trace with another symbol")
+        else:
+            taken |= set(indices)
+            symbols.append(Symbol(label, tuple(sorted(indices))))
+    return tuple(symbols), tuple(problems)
 
 
 def _truth(root: Element) -> str | None:

@@ -98,7 +98,8 @@ def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, s
         for v in range(cols):
             x = GAP + v * (CELL_W + GAP)
             render = base if v == 0 else replace(base, stroke_width=pen_width(base.stroke_width, seed=v))
-            image = render_strokes(ink.strokes if v == 0 else distort(ink.strokes, seed=v), render)
+            symbols = [s.strokes for s in ink.symbols]
+            image = render_strokes(ink.strokes if v == 0 else distort(ink.strokes, seed=v, symbols=symbols), render)
             draw.rectangle((x, y, x + CELL_W - 1, y + CELL_H - 1), fill=200)
             sheet.paste(_fit_cell(Image.fromarray(np.asarray(image))), (x, y))
             label = name if v == 0 else f"variant {v}"

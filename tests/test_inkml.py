@@ -87,7 +87,7 @@ def test_symbols_from_trace_groups_and_bad_groups_reported(crohme_archive):
 
     data = read_members(crohme_archive, ["train/MfrDB/MfrDB0104.inkml"])["train/MfrDB/MfrDB0104.inkml"]
     ink = read_inkml(data)
-    assert ink.symbols[0] == Symbol("c", (0,)) and not ink.problems
+    assert ink.symbols[0] == Symbol("c", (0,)) and not ink.problems and ink.writer == "User002"
     assert sorted(i for s in ink.symbols for i in s.strokes) == list(range(len(ink.strokes)))
     bad = (b'<ink><trace id="a">0 0, 1 1</trace><trace id="b">2 2, 3 3</trace><traceGroup>'
            b'<traceGroup xml:id="g1"><annotation type="truth">x</annotation><traceView traceDataRef="a"/></traceGroup>'

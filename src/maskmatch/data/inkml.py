@@ -42,6 +42,7 @@ class Ink:
     truth: str | None  # the raw LaTeX of <annotation type="truth">, None if absent
     symbols: tuple[Symbol, ...] = ()  # the symbol segmentation (CROHME's traceGroups), where it is consistent
     problems: tuple[str, ...] = ()  # why traceGroups were skipped, one line each (never fatal)
+    writer: str | None = None  # <annotation type="writer">, where the file names one
 
 
 def read_inkml(source: bytes | str | Path) -> Ink:
@@ -67,7 +68,8 @@ def read_inkml(source: bytes | str | Path) -> Ink:
     if not strokes:
         raise InkmlError("no ink: no trace has a finite point")
     symbols, problems = _symbols(root, stroke_of)
-    return Ink(strokes=strokes, truth=_truth(root), symbols=symbols, problems=problems)
+    return Ink(strokes=strokes, truth=_truth(root), symbols=symbols, problems=problems,
+               writer=_annotation(root, "writer"))
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -161,7 +163,12 @@ def _symbols(root: Element, stroke_of: dict[str, int]) -> tuple[tuple[Symbol, ..
 
 
 def _truth(root: Element) -> str | None:
+    return _annotation(root, "truth")
+
+
+def _annotation(root: Element, kind: str) -> str | None:
+    """The text of the file's top-level <annotation type=kind>, None if absent or empty."""
     for e in root:
-        if _local(e.tag) == "annotation" and e.get("type") == "truth":
+        if _local(e.tag) == "annotation" and e.get("type") == kind:
             return (e.text or "").strip() or None
     return None

@@ -268,3 +268,19 @@ def test_serve_reports_a_busy_port_and_a_missing_model(model_path, tmp_path, cap
 def test_load_test_refuses_other_hosts(model_path, capsys):
     assert main(["serve-load", "--url", "http://192.0.2.1:8000", "--model", str(model_path)]) == 2
     assert "only targets loopback" in capsys.readouterr().err
+
+
+def test_oversized_upload_reads_as_413_to_clients_that_send_everything_first(recognizer):
+    """urllib sends a whole 30 MB body before it reads the answer: the server drains it (bounded) and answers
+    413, instead of closing while the client is still sending (which read as a reset connection)."""
+    import urllib.error
+    import urllib.request
+
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n\r\n" + b"\0" * (30 << 20)
+    body += b"\r\n--b--\r\n"
+    with BackgroundServer(create_app(recognizer, katex=False)) as url:
+        request = urllib.request.Request(f"{url}/api/recognize", data=body,
+                                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=30)
+        assert error.value.code == 413 and "over" in json.loads(error.value.read())["error"]

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 MAX_BODY = 10 * 1024 * 1024  # bytes: the issue's limit (a phone photo fits; a 10 MB JSON of strokes is absurd)
+MAX_DRAIN = 64 * 1024 * 1024  # bytes of an oversized body read and dropped before the 413, so that clients
+# which send the whole body before reading (urllib, requests) see the answer instead of a reset connection
 
 
 class Busy(Exception):
@@ -27,25 +29,46 @@ async def send_json(send: Callable, status: int, body: dict, headers: list[tuple
     await send({"type": "http.response.body", "body": data})
 
 
+async def drain(receive: Callable, limit: int) -> None:
+    """Reads and drops the rest of a request body, at most `limit` bytes (then the connection is closed anyway)."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes gets 413, told by Content-Length up front, or counted as it
-    streams in (chunked uploads), before the app has buffered more than the limit."""
+    streams in (chunked uploads), before the app has buffered more than the limit. Before answering it reads and
+    drops up to `max_drain` more bytes (in memory one chunk at a time), unless the client waits for
+    `Expect: 100-continue` and has sent nothing yet."""
 
-    def __init__(self, app: Callable, limit: int = MAX_BODY):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Callable, limit: int = MAX_BODY, max_drain: int = MAX_DRAIN):
+        self.app, self.limit, self.max_drain = app, limit, max_drain
+
+    async def _refuse(self, scope: dict, receive: Callable, send: Callable, body_done: bool = False) -> None:
+        """413; body_done: the body's last message was already read (reading again would wait for the client to
+        leave)."""
+        if not body_done and dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
+            await drain(receive, self.max_drain)
+        await send_json(send, 413, {"error": f"request body over {self.limit} bytes"}, [(b"connection", b"close")])
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await send_json(send, 413, {"error": f"request body over {self.limit} bytes"},
-                                   [(b"connection", b"close")])
-        received, started = 0, False
+            return await self._refuse(scope, receive, send)
+        received, started, body_done = 0, False, False
 
         async def counted() -> dict:
-            nonlocal received
+            nonlocal received, body_done
             message = await receive()
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
@@ -61,8 +84,7 @@ class BodyLimit:
             await self.app(scope, counted, tracked)
         except _TooLarge:
             if not started:
-                await send_json(send, 413, {"error": f"request body over {self.limit} bytes"},
-                                [(b"connection", b"close")])
+                await self._refuse(scope, receive, send, body_done)
 
 
 class InferencePool:

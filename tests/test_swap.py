@@ -31,7 +31,8 @@ def test_share_zero_keeps_the_ink_and_share_one_swaps_every_known_symbol():
     assert [s.label for s in symbols] == ["x", "-", "1"]
     for old, new in zip(ink.symbols, symbols):  # each replacement sits in the box of the symbol it replaces
         (lo, hi), (new_lo, new_hi) = box([ink.strokes[i] for i in old.strokes]), box([swapped[i] for i in new.strokes])
-        assert np.allclose((lo + hi) / 2, (new_lo + new_hi) / 2) and np.isclose((hi - lo).max(), (new_hi - new_lo).max())
+        assert np.allclose((lo + hi) / 2, (new_lo + new_hi) / 2)
+        assert np.isclose((hi - lo).max(), (new_hi - new_lo).max())
     # writer A's own drawings (offset 9) are never picked for writer A: B's are, shifted into the box
     assert not all(np.array_equal(a, b) for a, b in zip(swapped, ink.strokes))
 

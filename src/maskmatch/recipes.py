@@ -59,7 +59,8 @@ def markdown(rows: list[dict], command: str, note: str | None) -> str:
              "| validation loss | validation ExpRate (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["val_loss"]):
-        lines.append(f"| {r['run']} | {r['encoder']} | {r['symbol_size']:g} | {r['parameters'] / 1e6:.2f} M "
+        scale = "?" if r["symbol_size"] is None else f"{r['symbol_size']:g}"  # its data folder is gone
+        lines.append(f"| {r['run']} | {r['encoder']} | {scale} | {r['parameters'] / 1e6:.2f} M "
                      f"| {r['minutes']:.1f} | {r['steps']} | {r['images_per_s']:.1f} | {r['val_loss']:.3f} "
                      f"| {r['val_exprate']:.1f} |")
     lines += ["", "![training loss against minutes](recipes.png)", ""]

@@ -1,8 +1,8 @@
 """`maskmatch train-benchmark`: what a training step of each finetune preset costs on this machine.
 
-For each recipe (a shipped preset, optionally with overrides: PRESET:KEY=VALUE,KEY=VALUE) it builds the real training data of that
-recipe (its data.root cache, held-out slice removed, scale augmentation, size-bucketed batches, its data.workers
-loaders) and runs the first --batches batches of a shuffled epoch through the real step: bidirectional
+For each recipe (a shipped preset, optionally with overrides: PRESET:KEY=VALUE,KEY=VALUE) it builds the real
+training data of that recipe (its data.root cache, held-out slice removed, scale augmentation, size-bucketed
+batches, its data.workers loaders) and runs the first --batches batches of a shuffled epoch through the real step: bidirectional
 label-smoothed loss, backward, gradient clipping, AdamW with its schedule, the EMA update. Images/s is images
 over the wall time of all of it, data loading and collation included (an epoch's rate, large expressions
 counted as they come; one warm-up batch excluded). FLOPs are counted by PyTorch's FlopCounterMode on the same
@@ -104,7 +104,8 @@ def format_table(rows: list[dict], matmul: float, threads: int) -> str:
              "| share of matmul |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['parameters'] / 1e6:.2f} M | {r['symbol_size']:g} | {r['mean_pixels']:,.0f} "
+        lines.append(f"| {r['recipe']} | {r['parameters'] / 1e6:.2f} M | {r['symbol_size']:g} "
+                     f"| {r['mean_pixels']:,.0f} "
                      f"| {r['images_per_s']:.1f} | {r['gflop_per_image']:.3g} | {r['achieved_gflops']:.3g} "
                      f"| {100 * r['achieved_gflops'] / matmul:.0f}% |")
     return "\n".join(lines)

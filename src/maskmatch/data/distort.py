@@ -14,7 +14,8 @@ resolution (CROHME's subsets are recorded at scales ~10,000 times apart). Applie
 4. the whole expression: rotation, slant (x shifted in proportion to y) and aspect (x stretched against y).
 
 Not here: the whole expression's scale, which `render_strokes` normalizes away (the training data's
-`scale_range` rescales renders instead); symbol swaps across writers. The pen width of a variant is `pen_width`, drawn from the same seed.
+`scale_range` rescales renders instead); symbol swaps across writers, which are `swap.py`'s. The pen width
+of a variant is `pen_width`, drawn from the same seed.
 """
 
 from __future__ import annotations

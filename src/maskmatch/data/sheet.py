@@ -70,8 +70,6 @@ def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, s
     `variants` distorted ones (variant v drawn from seed v), on the PNG out."""
     from dataclasses import replace
 
-    import numpy as np
-
     from maskmatch.data.distort import distort, pen_width
     from maskmatch.data.inkml import InkmlError, read_inkml
     from maskmatch.data.render import RenderConfig, render_strokes
@@ -95,13 +93,13 @@ def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, s
     draw = ImageDraw.Draw(sheet)
     for row, (name, ink) in enumerate(inks):
         y = GAP + row * (CELL_H + line_h + GAP)
+        symbols = [s.strokes for s in ink.symbols]
         for v in range(cols):
             x = GAP + v * (CELL_W + GAP)
             render = base if v == 0 else replace(base, stroke_width=pen_width(base.stroke_width, seed=v))
-            symbols = [s.strokes for s in ink.symbols]
             image = render_strokes(ink.strokes if v == 0 else distort(ink.strokes, seed=v, symbols=symbols), render)
             draw.rectangle((x, y, x + CELL_W - 1, y + CELL_H - 1), fill=200)
-            sheet.paste(_fit_cell(Image.fromarray(np.asarray(image))), (x, y))
+            sheet.paste(_fit_cell(Image.fromarray(image)), (x, y))
             label = name if v == 0 else f"variant {v}"
             draw.text((x, y + CELL_H + 2), _fit_text(draw, label, font), fill=90 if v else 0, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,12 @@ class HMERModel(nn.Module):
         """images (B, 1, H, W), mask (B, H, W), tokens_in (rB, L) with r = 1 or 2 -> logits (rB, L, V).
         With r = 2 the features are repeated: rows 0..B-1 and B..2B-1 of tokens_in both read images 0..B-1,
         which is the layout of `bidirectional_targets`."""
-        features, feature_mask = self.encode(images, mask)  # (B, h, w, d), (B, h, w)
+        return self.teacher_forced(*self.encode(images, mask), tokens_in)
+
+    def teacher_forced(self, features: torch.Tensor, feature_mask: torch.Tensor,
+                       tokens_in: torch.Tensor) -> torch.Tensor:
+        """`forward` from the decoder's memory (`encode`'s output): features (B, h', w, d), feature_mask (B, h', w),
+        tokens_in (rB, L) -> logits (rB, L, V); for a caller that also decodes from the same memory."""
         B, N = features.shape[0], tokens_in.shape[0]
         if N not in (B, 2 * B):
             raise ValueError(f"tokens_in has {N} rows for {B} images; expected {B} or {2 * B}")

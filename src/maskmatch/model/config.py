@@ -17,7 +17,7 @@ class ModelConfig:
     encoder: str = "densenet"  # densenet (CoMER/BTTR) or resnet (residual 3x3 stages; CPU recipe)
     growth_rate: int = 24  # channels each bottleneck layer adds (CoMER/BTTR DenseNet-B)
     block_layers: int = 16  # bottleneck layers in each of the three dense blocks (CoMER/BTTR)
-    stage_layers: tuple[int, ...] = ()  # layers of each of the three blocks (stages), e.g. (6, 10, 12); () = block_layers each
+    stage_layers: tuple[int, ...] = ()  # layers of each of the three blocks or stages, e.g. (6, 10, 12); (): block_layers
     stem_channels: int = 32  # resnet: channels of the stride-2 stem convolution
     stage_widths: tuple[int, ...] = (64, 128, 256)  # resnet: channels of the stages at strides 4, 8 and 16
     reduction: float = 0.5  # transitions keep floor(channels * reduction) channels (CoMER/BTTR)

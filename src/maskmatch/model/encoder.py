@@ -186,8 +186,9 @@ class ResNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         p = config.encoder_dropout
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, config.stem_channels, 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(config.stem_channels), nn.ReLU(inplace=True))
+        stem = config.stem_channels
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, stem, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
         self.stages = nn.ModuleList()
         channels = config.stem_channels
         for width, n in zip(config.stage_widths, config.layers):

@@ -6,7 +6,7 @@ training and by (val_seed, first image) for validation), one encoder pass over a
     global: mask-aware mean of the features (2B, d) -> projector -> NT-Xent
     local:  features bilinearly sampled at the matched ink points (2B, P, d) -> pointwise head -> InfoNCE
     L = L_global + local_weight * L_local
-The features are the encoder's content features, DenseNet then the 1x1 projection (`Encoder.backbone`,
+The features are the encoder's content features, its backbone then the 1x1 projection (`Encoder.backbone`,
 `Encoder.proj`), zeroed on padding: the encoder's last step adds 2-D sinusoidal positions and a
 LayerNorm, and with positions in them features could match by where they are rather than by what they
 show (a tiny test run's pooled features were all alike). `encoder.norm` is therefore not trained here; it

@@ -50,19 +50,20 @@ class BodyLimit:
     def __init__(self, app: Callable, limit: int = MAX_BODY, max_drain: int = MAX_DRAIN):
         self.app, self.limit, self.max_drain = app, limit, max_drain
 
-    async def _refuse(self, scope: dict, receive: Callable, send: Callable, body_done: bool = False) -> None:
+    async def _refuse(self, headers: dict, receive: Callable, send: Callable, body_done: bool = False) -> None:
         """413; body_done: the body's last message was already read (reading again would wait for the client to
         leave)."""
-        if not body_done and dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
+        if not body_done and headers.get(b"expect", b"").lower() != b"100-continue":
             await drain(receive, self.max_drain)
         await send_json(send, 413, {"error": f"request body over {self.limit} bytes"}, [(b"connection", b"close")])
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(scope, receive, send)
+            return await self._refuse(headers, receive, send)
         received, started, body_done = 0, False, False
 
         async def counted() -> dict:
@@ -84,7 +85,7 @@ class BodyLimit:
             await self.app(scope, counted, tracked)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, receive, send, body_done)
+                await self._refuse(headers, receive, send, body_done)
 
 
 class InferencePool:

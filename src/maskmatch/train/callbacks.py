@@ -73,8 +73,8 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-FINETUNE_PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"), (("lr",), "learning rate"),
-                   (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
+FINETUNE_PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"),
+                   (("lr",), "learning rate"), (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
 
 
 def plot_curves(records: list[dict], path: Path, panels=FINETUNE_PANELS) -> None:

@@ -10,7 +10,7 @@ from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.data.vocab import PAD, Vocabulary
 from maskmatch.metrics import canonical
-from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets
+from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets, search
 from maskmatch.train import common
 from maskmatch.train.common import NonFiniteLoss  # noqa: F401  (its home before train.common; still imported from here)
 from maskmatch.train.config import FinetuneConfig
@@ -89,12 +89,14 @@ class FinetuneModule(L.LightningModule):
         untrained model's cost. Also sums the token-level cross-entropy of both directions (teacher forcing,
         no label smoothing): `val_loss`, which separates recipes long before ExpRate does.
         """
+        model = self.ema.module
+        features, feature_mask = model.encode(self._images(batch), batch.mask)  # one encoder pass for both
         inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)
-        logits = self.ema.module(self._images(batch), batch.mask, inputs)
+        logits = model.teacher_forced(features, feature_mask, inputs)
         tokens = int((targets != PAD).sum())
         self._val_counts[2] += float(bidirectional_loss(logits, targets, 0.0)) * tokens
         self._val_counts[3] += tokens
-        hyps = self.ema.module.greedy(self._images(batch), batch.mask, max_len=int(batch.lengths.max()) + 3)
+        hyps = search.greedy(model.decoder, features, feature_mask, max_len=int(batch.lengths.max()) + 3)
         for hyp, row, n in zip(hyps, batch.tokens.tolist(), batch.lengths.tolist()):
             prediction, reference = self.vocabulary.decode(hyp.ids), self.vocabulary.decode(row[:n])
             self._val_counts[0] += canonical(prediction) == canonical(reference)

@@ -1,6 +1,6 @@
 # Set-up and the main jobs. Every path installs torch==2.13.0 (the CPU build) before the project.
-# `setup` also installs KaTeX from npm (web/, for the page's preview); `test` also installs Debian's
-# chromium, which the browser test drives through Playwright (never a browser download of its own).
+# `test` also installs Debian's chromium, which the browser test drives through Playwright (never a
+# browser download of its own). KaTeX, for the page's preview, is vendored in the package (`make katex`).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,8 +11,8 @@ DATA := data/crohme
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo data test web browser
-setup: $(BIN)/.installed web
+.PHONY: setup demo data test web katex browser
+setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,8 +34,18 @@ data: setup
 	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)28 --symbol-size 28 --stroke-width 2.5
 	$(BIN)/maskmatch data sheet $(DATA)/2014 --out out/sheet-2014.png
 
-# KaTeX for `maskmatch serve`'s preview, exactly as web/package-lock.json pins it, into web/node_modules.
+# KaTeX for `maskmatch serve`'s preview, exactly as web/package-lock.json pins it, into web/node_modules;
+# `make katex` copies what the page uses (script, style, woff2 fonts, licence) into the package.
 web: web/node_modules/.package-lock.json
+
+KATEX_DIST := web/node_modules/katex/dist
+KATEX_VENDORED := src/maskmatch/serve/katex
+katex: web
+	rm -rf $(KATEX_VENDORED) && mkdir -p $(KATEX_VENDORED)/fonts
+	cp $(KATEX_DIST)/katex.min.js $(KATEX_DIST)/katex.min.css web/node_modules/katex/LICENSE $(KATEX_VENDORED)/
+	cp $(KATEX_DIST)/fonts/*.woff2 $(KATEX_VENDORED)/fonts/
+	node -p '"KaTeX " + require("./web/node_modules/katex/package.json").version + " (MIT), from npm by make katex"' \
+		> $(KATEX_VENDORED)/VERSION
 
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	@command -v npm >/dev/null || { echo "make web: npm not found (Debian: apt-get install nodejs npm)" >&2; exit 1; }

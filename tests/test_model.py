@@ -210,3 +210,18 @@ def test_beam_scores_equal_teacher_forced_log_probs():
             total = total + search.sequence_logprob(model.decoder, features, feature_mask, ids, "r2l")
         expected = total / torch.tensor([len(s) + 1.0 for s in ids]) ** 0.5
         assert [h.score for h in hyps] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_n_best_is_ranked_and_starts_with_the_winner():
+    torch.manual_seed(4)
+    model = HMERModel(ModelConfig.tiny(max_len=16)).eval()
+    with torch.no_grad():
+        model.decoder.head.bias[EOS] += 3.0
+    images, mask, _, _ = synthetic_batch()
+    for rescore in (False, True):
+        best = model.beam_search(images, mask, beam_size=4, rescore=rescore)
+        ranked = model.beam_search(images, mask, beam_size=4, rescore=rescore, n_best=True)
+        assert [r[0].ids for r in ranked] == [h.ids for h in best]
+        assert all(1 < len(r) <= 4 and [h.score for h in r] == sorted((h.score for h in r), reverse=True)
+                   for r in ranked)
+        assert all(len({tuple(h.ids) for h in r}) == len(r) for r in ranked)

@@ -1,6 +1,7 @@
 """Recognizer API, `maskmatch recognize` and `maskmatch evaluate`, with a tiny random model (garbage output,
 but well-formed) and, for the scoring loop, a decoder that is told the references."""
 
+import io
 import json
 import math
 import struct
@@ -104,7 +105,8 @@ def test_batch_greedy_and_single_agree(recognizer, files):
     images = [recognizer.preprocess(x) for x in xs]
     collated = torch.zeros(1, 1, images[2].shape[0], images[2].shape[1])
     collated[0, 0] = torch.from_numpy(images[2] / 255.0)
-    greedy = recognizer.model.greedy(collated, torch.zeros(1, *images[2].shape, dtype=torch.bool))[0]
+    mask = torch.zeros(1, *images[2].shape, dtype=torch.bool)
+    greedy = recognizer.model.greedy(collated, mask, grammar=recognizer.grammar)[0]
     assert batch[2].tokens == recognizer.vocabulary.decode(greedy.ids)
 
 
@@ -206,8 +208,20 @@ def test_recognize_json_lines(model_path, files, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in records] == [str(files["good"]), str(files["x"])]
     for r in records:
-        assert set(r) == {"path", "latex", "score", "ms"}
+        assert set(r) == {"path", "latex", "score", "confidence", "ms"}
         assert isinstance(r["latex"], str) and isinstance(r["score"], float) and r["ms"] > 0
+        assert r["confidence"] is None  # the test model has no calibration
+
+
+def test_recognize_n_best(model_path, files, capsys):
+    assert main(["recognize", str(files["good"]), "--model", str(model_path), "--beam", "4", "--n-best", "3",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    alternatives = record["alternatives"]
+    assert 1 <= len(alternatives) <= 3 and alternatives[0]["latex"] == record["latex"]
+    assert [a["score"] for a in alternatives] == sorted((a["score"] for a in alternatives), reverse=True)
+    assert main(["recognize", str(files["good"]), "--model", str(model_path), "--beam", "4", "--n-best", "3"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").split("\t")[1:] == [a["latex"] for a in alternatives]
 
 
 def test_recognize_folder_recursively(model_path, tmp_path, files, capsys):
@@ -292,6 +306,13 @@ def test_evaluate_scoring_with_a_decoder_told_the_references(model_path, tmp_pat
     rows = {r["name"]: r for r in map(json.loads, predictions.read_text("utf-8").splitlines())}
     assert rows["x2"]["prediction"] == "" and rows["x2"]["distance"] == 5
     assert rows["plus"]["distance"] == 1 and rows["minus"]["distance"] == 0
+    assert result["unparsed"] == 0
+
+    answer[images["plus"].tobytes()] = "x ^ { 2"  # unbalanced: counted as not parsed
+    assert main([*argv, "--unconstrained"]) == 0
+    result = json.loads(scores.read_text("utf-8"))["2016"]
+    assert result["unparsed"] == 1 and result["decoding"] == "beam 10, unconstrained"
+    capsys.readouterr()
 
 
 def test_evaluate_refuses_a_folder_without_captions(model_path, tmp_path, capsys):
@@ -349,3 +370,25 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"maskmatch {__version__}"
+
+
+def test_a_48_megapixel_phone_photo_is_decoded_reduced(recognizer):
+    """8064 x 6048, dark ink on grey paper as a phone takes it: decoded at a reduced scale (JPEG draft), then
+    recognized; a PNG of that size is still refused (it cannot be decoded reduced)."""
+    from PIL import ImageDraw
+
+    from maskmatch.data.images import WORK_PIXELS, load_image
+
+    photo = Image.new("L", (8064, 6048), 200)
+    draw = ImageDraw.Draw(photo)
+    draw.line([(2000, 2000), (3000, 4000), (4000, 2000)], fill=30, width=60)
+    draw.line([(4500, 3000), (6000, 3000)], fill=30, width=60)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=80)
+    image = load_image(buffer.getvalue())
+    assert image.shape[0] * image.shape[1] <= WORK_PIXELS and image.shape[1] / image.shape[0] == pytest.approx(4 / 3, 0.01)
+    assert recognizer.recognize(buffer.getvalue(), beam_size=1).ms > 0
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG", compress_level=1)
+    with pytest.raises(ValueError, match="image too large"):
+        load_image(buffer.getvalue())

@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import logging
+import re
 import socket
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import EOS, Vocabulary
 from maskmatch.model import HMERModel, ModelConfig
 from maskmatch.recognizer import Recognizer
-from maskmatch.serve.app import create_app
+from maskmatch.serve.app import KATEX, create_app, katex_folder
 from maskmatch.serve.inputs import strokes_grid
 from maskmatch.serve.load import SAMPLE_STROKES
 from maskmatch.serve.server import BackgroundServer
@@ -43,8 +44,9 @@ def tiny_model(max_len: int = 6) -> HMERModel:
 
 
 def writer_recognizer() -> Recognizer:
-    """A tiny random model told to write x at every step and never stop: its answer is always 'x x x x x x'."""
-    model = tiny_model()
+    """A tiny random model told to write x at every step and never stop: the grammar ends its answer at
+    max_len - 1 tokens, always 'x x x x x x'."""
+    model = tiny_model(max_len=7)
     vocabulary = Vocabulary.load()
     with torch.no_grad():
         model.decoder.head.bias[EOS] = -100.0
@@ -83,7 +85,9 @@ def test_strokes_answer_like_the_recognizer_on_the_same_inkml(client, recognizer
     r = client.post("/api/recognize", json={"strokes": INK_STROKES})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"latex", "tokens", "score", "ms"}
+    assert set(body) == {"latex", "tokens", "score", "confidence", "alternatives", "ms"}
+    assert body["confidence"] is None and body["alternatives"][0]["latex"] == body["latex"]
+    assert 1 <= len(body["alternatives"]) <= 2  # the beam's (size 2) answers, best first
     assert body["latex"] == " ".join(body["tokens"]) and body["ms"] > 0
     expected = recognizer.recognize(INKML.encode(), beam_size=2)  # the InkML training renderer
     assert body["tokens"] == expected.tokens and body["score"] == round(expected.score, 4)
@@ -234,12 +238,23 @@ def test_static_files_cannot_escape_their_folder(recognizer):
 def test_page_and_missing_katex(recognizer, caplog):
     with caplog.at_level(logging.WARNING, logger="maskmatch.serve"):
         app = create_app(recognizer, katex=False)
-    assert "KaTeX not found" in caplog.text and "make web" in caplog.text
+    assert "KaTeX not found" in caplog.text and "MASKMATCH_KATEX" in caplog.text
     with TestClient(app) as c:
         page = c.get("/")
         assert page.status_code == 200 and "/static/app.js" in page.text
         assert c.get("/katex/katex.min.js").status_code == 404 and c.get("/static/style.css").status_code == 200
         assert c.get("/api/health").json()["katex"] is False
+
+
+def test_katex_is_vendored_in_the_package(recognizer, monkeypatch):
+    """The page's preview needs no npm: the package carries KaTeX's script, style and the fonts the style names."""
+    monkeypatch.delenv("MASKMATCH_KATEX", raising=False)
+    assert katex_folder() == KATEX
+    with TestClient(create_app(recognizer)) as c:
+        assert c.get("/katex/katex.min.js").status_code == 200 and c.get("/api/health").json()["katex"] is True
+        css = c.get("/katex/katex.min.css").text
+        fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", css)
+        assert len(fonts) > 10 and all(c.get(f"/katex/{f}").status_code == 200 for f in fonts)
         assert c.get("/nowhere").json() == {"error": "Not Found"}
 
 

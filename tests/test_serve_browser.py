@@ -63,7 +63,7 @@ def heat_alpha(page) -> int:
 
 def test_writing_brings_latex_preview_and_attention(browser):
     if katex_folder() is None:
-        pytest.fail("KaTeX is not installed: `make web` (npm ci --prefix web)")
+        pytest.fail("KaTeX is missing from the package (src/maskmatch/serve/katex): `make katex` restores it")
     with BackgroundServer(create_app(writer_recognizer(), beam_size=1)) as url:
         page, errors = open_page(browser, url)
         draw(page, STROKES)
@@ -91,3 +91,33 @@ def test_without_katex_the_page_says_the_preview_is_unavailable(browser):
         page.wait_for_function("document.getElementById('latex').textContent.length > 0", timeout=20_000)
         assert "Preview unavailable" in page.locator("#preview").inner_text()
         assert not errors, errors
+
+
+def test_alternatives_errors_favicon_and_phone_width(browser):
+    """Clicking another reading shows its LaTeX; a broken upload clears the old answer and says so in plain words;
+    the favicon is served; on a 390 px phone the LaTeX wraps instead of overflowing."""
+    with BackgroundServer(create_app(writer_recognizer(), beam_size=3, katex=False)) as url:
+        page, errors = open_page(browser, url)
+        draw(page, STROKES)
+        page.wait_for_function("document.getElementById('latex').textContent === 'x x x x x x'", timeout=20_000)
+        options = page.locator(".alternative")
+        assert options.count() >= 2 and "chosen" in options.first.get_attribute("class")
+        second = options.nth(1).inner_text()
+        options.nth(1).click()
+        assert page.locator("#latex").inner_text() == second != "x x x x x x"
+        assert "chosen" in options.nth(1).get_attribute("class")
+        with page.expect_response("**/api/recognize", timeout=20_000) as answer:
+            page.set_input_files("#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"nope"}])
+        assert answer.value.status == 400
+        page.wait_for_function("document.getElementById('status').classList.contains('error')")
+        assert page.locator("#latex").inner_text() == "" and page.locator(".alternative").count() == 0
+        assert page.locator("#status").inner_text() == "not a readable image (not a PNG, JPEG, BMP, GIF, TIFF, WebP file)"
+        assert page.request.get(url + "/static/favicon.svg").ok
+        assert not errors, errors
+        phone = browser.new_page(viewport={"width": 390, "height": 760})
+        phone.goto(url)
+        phone.evaluate("""() => { document.getElementById('latex').textContent =
+            Array(60).fill('\\\\frac { x } { y }').join(' + '); }""")
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        box = phone.locator("#latex").bounding_box()
+        assert box["x"] + box["width"] <= 390

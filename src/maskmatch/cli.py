@@ -23,6 +23,8 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.attention_command",  # attention: maps over an image
     "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results
+    "maskmatch.history",  # history: every shipped model
+    "maskmatch.calibration",  # calibrate: 0-1 confidence
     "maskmatch.serve.commands",  # serve, serve-load
     "maskmatch.benchmark",  # benchmark
     "maskmatch.train_benchmark",  # train-benchmark

@@ -26,7 +26,7 @@ def _recognizer(args: argparse.Namespace):
 
     limit_heap_growth()  # many batches in one process: see memory.py
     try:
-        return Recognizer.load(args.model, args.device)
+        return Recognizer.load(args.model, args.device, constrained=not getattr(args, "unconstrained", False))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -84,14 +84,18 @@ def _recognize(args: argparse.Namespace) -> int:
             spent.append(1000 * (time.perf_counter() - start))
         results = [None] * len(images)
         for batch in size_batches(images, args.batch_size):
-            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam)):
+            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam, n_best=args.n_best)):
                 results[j] = r
         for path, r, ms in zip(paths, results, spent):
             if args.json:
-                record = {"path": path, "latex": r.latex, "score": round(r.score, 4), "ms": round(r.ms + ms, 1)}
+                record = {"path": path, "latex": r.latex, "score": round(r.score, 4), "confidence": r.confidence,
+                          "ms": round(r.ms + ms, 1)}
+                if args.n_best > 1:
+                    record["alternatives"] = [{"latex": a.latex, "score": round(a.score, 4),
+                                               "confidence": a.confidence} for a in r.alternatives]
                 print(json.dumps(record, ensure_ascii=False))
             else:
-                print(f"{path}\t{r.latex}")
+                print("\t".join([path, *(a.latex for a in r.alternatives)]))
         sys.stdout.flush()
     return 1 if failed else 0
 
@@ -132,7 +136,7 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
     from maskmatch.data.images import load_image
     from maskmatch.data.render import normalize_bitmap
     from maskmatch.data.source import offline_split
-    from maskmatch.metrics import canonical, edit_distance, expression_scores
+    from maskmatch.metrics import canonical, edit_distance, expression_scores, parses
 
     start = time.perf_counter()
     if not (folder / "caption.txt").is_file():
@@ -158,7 +162,8 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
     scores = expression_scores(predictions, references)
     seconds = time.perf_counter() - start
     scores.update(seconds=round(seconds, 2), expr_per_s=round(len(references) / max(seconds, 1e-9), 2),
-                  decoding=_decoding(beam), unreadable=len(split.items) - len(images))
+                  decoding=_decoding(beam) + ("" if rec.grammar else ", unconstrained"),
+                  unreadable=len(split.items) - len(images), unparsed=sum(not parses(p) for p in predictions))
     rows = [{"name": item.name, "reference": ref, "prediction": pred,
              "distance": edit_distance(canonical(pred), canonical(ref))}
             for item, ref, pred in zip(split.items, references, predictions)]
@@ -166,10 +171,11 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
 
 
 def format_table(results: dict[str, dict]) -> str:
-    lines = [f"{'split':<12}{'n':>6}{'ExpRate':>9}{'<=1':>8}{'<=2':>8}{'raw':>8}{'seconds':>9}{'expr/s':>8}  decoding"]
+    lines = [f"{'split':<12}{'n':>6}{'ExpRate':>9}{'<=1':>8}{'<=2':>8}{'raw':>8}{'unparsed':>9}{'seconds':>9}"
+             f"{'expr/s':>8}  decoding"]
     for name, s in results.items():
         lines.append(f"{name:<12}{s['n']:>6}{s['exprate']:>9.2f}{s['le1']:>8.2f}{s['le2']:>8.2f}{s['raw_exprate']:>8.2f}"
-                     f"{s['seconds']:>9.1f}{s['expr_per_s']:>8.1f}  {s['decoding']}")
+                     f"{s.get('unparsed', 0):>9}{s['seconds']:>9.1f}{s['expr_per_s']:>8.1f}  {s['decoding']}")
     return "\n".join(lines)
 
 
@@ -221,13 +227,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     recognize = commands.add_parser("recognize", help="images (any polarity, size), InkML files or folders -> LaTeX")
     recognize.add_argument("paths", nargs="+", metavar="PATH", help="image, .inkml file or folder (searched recursively)")
     _model_options(recognize, batch_size=8)
-    recognize.add_argument("--json", action="store_true", help="one JSON object per line: path, latex, score, ms")
+    recognize.add_argument("--json", action="store_true",
+                           help="one JSON object per line: path, latex, score, confidence, ms (and alternatives)")
+    recognize.add_argument("--n-best", type=positive_int, default=1, metavar="K",
+                           help="also print the beam's next best answers, up to K in all (tab-separated, or "
+                           "'alternatives' with --json; default 1)")
     recognize.set_defaults(run=_recognize)
 
     evaluate = commands.add_parser("evaluate", help="ExpRate, <=1, <=2 errors and speed on offline-layout splits")
     evaluate.add_argument("split_dirs", nargs="+", metavar="SPLIT_DIR", help="folder with caption.txt and img/")
     _model_options(evaluate, batch_size=16)
     evaluate.add_argument("--json", metavar="FILE", help="write the scores: {split: {n, exprate, le1, ...}}")
+    evaluate.add_argument("--unconstrained", action="store_true",
+                          help="decode without the LaTeX grammar (outputs may not parse; for comparison)")
     evaluate.add_argument("--predictions", metavar="FILE",
                           help="write each expression's name, reference, prediction, distance (.jsonl, else TSV)")
     evaluate.set_defaults(run=_evaluate)

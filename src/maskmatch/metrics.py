@@ -19,6 +19,15 @@ def canonical(latex: str | list[str]) -> list[str]:
         return text.split()
 
 
+def parses(latex: str) -> bool:
+    """Whether the normalizer parses this LaTeX (empty counts as parsed: it is a valid, if wrong, answer)."""
+    try:
+        normalize_latex(latex)
+    except LatexError:
+        return False
+    return True
+
+
 def edit_distance(a: list[str], b: list[str]) -> int:
     """Levenshtein distance between token lists (insert, delete, substitute each cost 1)."""
     if len(a) < len(b):

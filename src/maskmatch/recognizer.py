@@ -12,7 +12,7 @@ files it is given and returns results; it never prints or writes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskmatch.calibration import confidence
 from maskmatch.data.batching import collate
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
 from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
-from maskmatch.model import HMERModel
+from maskmatch.model import HMERModel, LatexGrammar
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
 SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json
+
+
+@dataclass
+class Alternative:
+    latex: str
+    tokens: list[str]
+    score: float  # as Recognition.score
+    confidence: float | None  # as Recognition.confidence
 
 
 @dataclass
@@ -43,6 +52,10 @@ class Recognition:
     attention: np.ndarray | None = None  # (T, h, w) float32 when asked for: where the decoder looked to write each
     # token (cross-attention averaged over heads and layers); cell (i, j) covers pixels [16i, 16i+16) x [16j, 16j+16)
     # of the normalized image (`preprocess`), h = ceil(H / 16), w = ceil(W / 16)
+    confidence: float | None = None  # 0-1: the share of answers with this score that were right on the model's
+    # held-out slice (`maskmatch calibrate`, calibration.py); None when the model has not been calibrated
+    alternatives: list[Alternative] = field(default_factory=list)  # the n best (n_best), best first; the first is
+    # this answer
 
 
 class Recognizer:
@@ -57,17 +70,21 @@ class Recognizer:
     """
 
     def __init__(self, model: HMERModel, vocabulary: Vocabulary, render: RenderConfig,
-                 manifest: dict | None = None, device: str | torch.device = "cpu"):
+                 manifest: dict | None = None, device: str | torch.device = "cpu", constrained: bool = True):
         if len(vocabulary) != model.config.vocab_size:
             raise ValueError(f"vocabulary of {len(vocabulary)} symbols for a model of vocab_size {model.config.vocab_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocabulary, self.render, self.manifest = vocabulary, render, manifest or {}
+        # decoding follows the LaTeX token grammar (model/grammar.py), so every output parses; False: the bare model
+        self.grammar = LatexGrammar(vocabulary.symbols) if constrained else None
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None) -> "Recognizer":
+    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None,
+             constrained: bool = True) -> "Recognizer":
         """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package.
-        device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's)."""
+        device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's).
+        constrained=False decodes without the LaTeX grammar (for measuring what it changes)."""
         device = resolve_device(device)
         if path is None:
             shipped = resources.files("maskmatch").joinpath("assets", SHIPPED)
@@ -75,7 +92,7 @@ class Recognizer:
                 raise ValueError("no shipped weights in this version; pass a model path (--model)")
             path = Path(str(shipped))
         model, manifest = load_weights(path, device)
-        return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device)
+        return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device, constrained)
 
     # ------------------------------------------------------------ inputs
 
@@ -99,31 +116,37 @@ class Recognizer:
 
     # ------------------------------------------------------------ recognition
 
-    def recognize(self, x: Any, beam_size: int = 10, attention: bool = False) -> Recognition:
+    def recognize(self, x: Any, beam_size: int = 10, attention: bool = False, n_best: int = 1) -> Recognition:
         """One input -> its Recognition. beam_size 1 decodes greedily (the ids equal beam search's with one beam);
-        attention=True fills Recognition.attention (the decoded tokens are the same either way)."""
-        return self.recognize_batch([x], beam_size, attention)[0]
+        attention=True fills Recognition.attention (the decoded tokens are the same either way); n_best > 1 fills
+        Recognition.alternatives with up to that many of the beam's answers (at most beam_size)."""
+        return self.recognize_batch([x], beam_size, attention, n_best)[0]
 
-    def recognize_batch(self, xs: list[Any], beam_size: int = 10, attention: bool = False) -> list[Recognition]:
+    def recognize_batch(self, xs: list[Any], beam_size: int = 10, attention: bool = False,
+                        n_best: int = 1) -> list[Recognition]:
         """Inputs -> Recognitions in order, decoded as one padded batch; the first bad input raises ValueError."""
         images, spent = [], []
         for x in xs:
             start = time.perf_counter()
             images.append(self.preprocess(x))
             spent.append(time.perf_counter() - start)
-        results = self.decode(images, beam_size, attention)
+        results = self.decode(images, beam_size, attention, n_best)
         for r, s in zip(results, spent):
             r.ms = round(r.ms + 1000 * s, 2)
         return results
 
-    def decode(self, images: list[np.ndarray], beam_size: int = 10, attention: bool = False) -> list[Recognition]:
+    def decode(self, images: list[np.ndarray], beam_size: int = 10, attention: bool = False,
+               n_best: int = 1) -> list[Recognition]:
         """Normalized uint8 images (H_i, W_i), ink bright (from `preprocess`, or a built split) -> Recognitions.
 
         Decodes all of them as one batch, padded to the largest: group images of like size for speed.
-        attention=True adds each result's per-token attention maps (see `attention_maps`).
+        attention=True adds each result's per-token attention maps (see `attention_maps`); n_best > 1 ranks
+        every candidate of the beam (each rescored right to left) and keeps up to n_best as alternatives.
         """
         if beam_size < 1:
             raise ValueError(f"beam_size must be at least 1 (1 is greedy), got {beam_size}")
+        if n_best < 1:
+            raise ValueError(f"n_best must be at least 1, got {n_best}")
         if not images:
             return []
         start = time.perf_counter()
@@ -131,15 +154,25 @@ class Recognizer:
         images_t, mask = batch.images.to(self.device), batch.mask.to(self.device)  # (B, 1, H, W), (B, H, W)
         with torch.inference_mode():
             if beam_size == 1:
-                hyps = self.model.greedy(images_t, mask)
+                ranked = [[h] for h in self.model.greedy(images_t, mask, grammar=self.grammar)]
+            elif n_best == 1:
+                ranked = [[h] for h in self.model.beam_search(images_t, mask, beam_size=beam_size, grammar=self.grammar)]
             else:
-                hyps = self.model.beam_search(images_t, mask, beam_size=beam_size)
+                ranked = self.model.beam_search(images_t, mask, beam_size=beam_size, grammar=self.grammar, n_best=True)
+            hyps = [r[0] for r in ranked]
             maps = self.attention_maps(images_t, mask, [h.ids for h in hyps]) if attention else [None] * len(hyps)
         share = 1000 * (time.perf_counter() - start) / len(images)
+        decoding = "greedy" if beam_size == 1 else "beam"
         out = []
-        for h, m in zip(hyps, maps):
-            tokens = self.vocabulary.decode(h.ids)
-            out.append(Recognition(" ".join(tokens), tokens, float(h.score), round(share, 2), m))
+        for r, m in zip(ranked, maps):
+            alternatives = []
+            for h in r[:n_best]:
+                tokens = self.vocabulary.decode(h.ids)
+                alternatives.append(Alternative(" ".join(tokens), tokens, float(h.score),
+                                                confidence(self.manifest, decoding, float(h.score))))
+            best = alternatives[0]
+            out.append(Recognition(best.latex, best.tokens, best.score, round(share, 2), m, best.confidence,
+                                   alternatives))
         return out
 
     def attention_maps(self, images: torch.Tensor, mask: torch.Tensor, ids: list[list[int]]) -> list[np.ndarray]:

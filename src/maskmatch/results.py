@@ -9,7 +9,7 @@ run's logs (minutes and images per second per stage, curves), and writes:
 - results/README.md: the table beside the published figures, and the command that made it.
 
 With --ship the model and its manifest, with the test scores added, are copied into the package as the
-weights `Recognizer.load()` uses by default.
+weights `Recognizer.load()` uses by default, and added to the training history (history.py).
 """
 
 from __future__ import annotations
@@ -139,8 +139,10 @@ def ship(model: Path, scores: dict, command: str, target: Path | None = None) ->
 
 
 def _results(args: argparse.Namespace) -> int:
+    from maskmatch import history
     from maskmatch.inference_commands import evaluate_split, format_table
     from maskmatch.recognizer import Recognizer
+    from maskmatch.weights import read_manifest
 
     model, data, out = Path(args.model), Path(args.data), Path(args.out)
     folders = {s: data / s for s in args.splits}
@@ -176,7 +178,10 @@ def _results(args: argparse.Namespace) -> int:
         update_readme(Path(args.readme), table.split("\n", 2)[2])  # less the "# Results" heading
         print(f"updated the results section of {args.readme}")
     if args.ship:
-        print(f"shipped {ship(model, scores, command)} (+ .json)")
+        shipped = ship(model, scores, command)
+        print(f"shipped {shipped} (+ .json)")
+        history.write(out, history.add(out / "history.json", read_manifest(shipped)), f"maskmatch history --out {out}")
+        print(f"added it to {out}/history.json, training-history.md and .png")
     return 0
 
 

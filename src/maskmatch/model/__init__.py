@@ -18,10 +18,11 @@ from maskmatch.model.attention import AttentionNetwork, build_fusion
 from maskmatch.model.config import ModelConfig
 from maskmatch.model.decoder import Decoder, DecoderCache, bidirectional_targets
 from maskmatch.model.encoder import Encoder
+from maskmatch.model.grammar import LatexGrammar
 from maskmatch.model.search import Hypothesis
 
 __all__ = ["HMERModel", "ModelConfig", "AttentionNetwork", "Encoder", "Decoder", "DecoderCache", "Hypothesis",
-           "bidirectional_targets"]
+           "LatexGrammar", "bidirectional_targets"]
 
 
 class HMERModel(nn.Module):
@@ -71,17 +72,21 @@ class HMERModel(nn.Module):
         return self.attention(features, feature_mask)[0], feature_mask
 
     @torch.no_grad()
-    def greedy(self, images: torch.Tensor, mask: torch.Tensor, max_len: int | None = None) -> list[Hypothesis]:
-        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses, left to right, arg-max at each step."""
+    def greedy(self, images: torch.Tensor, mask: torch.Tensor, max_len: int | None = None,
+               grammar: LatexGrammar | None = None) -> list[Hypothesis]:
+        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses, left to right, arg-max at each step
+        (among the tokens the grammar allows, if one is given)."""
         features, feature_mask = self.encode(images, mask)
-        return search.greedy(self.decoder, features, feature_mask, max_len or self.config.max_len)
+        return search.greedy(self.decoder, features, feature_mask, max_len or self.config.max_len, grammar)
 
     @torch.no_grad()
     def beam_search(self, images: torch.Tensor, mask: torch.Tensor, beam_size: int = 10, max_len: int | None = None,
-                    length_penalty: float = 1.0, rescore: bool = True) -> list[Hypothesis]:
-        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses: l2r beam search, rescored by r2l if asked."""
+                    length_penalty: float = 1.0, rescore: bool = True, grammar: LatexGrammar | None = None,
+                    n_best: bool = False) -> list[Hypothesis] | list[list[Hypothesis]]:
+        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses: l2r beam search (constrained by the grammar if
+        one is given), rescored by r2l if asked; n_best=True: B lists of up to beam_size, best first."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be positive, got {beam_size}")
         features, feature_mask = self.encode(images, mask)
         return search.beam_search(self.decoder, features, feature_mask, beam_size, max_len or self.config.max_len,
-                                  length_penalty, rescore)
+                                  length_penalty, rescore, grammar, n_best)

@@ -6,6 +6,10 @@ step). With rescoring, the right-to-left teacher-forced log-prob of the reversed
 and the closing SOS) is added to the sum before dividing, as CoMER does. A sequence cut off at max_len
 steps, with no EOS, sums its n = max_len steps and is divided by (n+1)**length_penalty all the same.
 PAD and the start token are never emitted: their logits are set to -inf before the softmax.
+
+With a `LatexGrammar`, the tokens it does not allow at a step get log-prob -inf after the softmax (the
+allowed ones keep the model's log-probs, so scores stay comparable): every output then parses with
+`normalize_latex`, and none is cut off at max_len.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import torch
 
 from maskmatch.data.vocab import EOS, PAD, SOS
 from maskmatch.model.decoder import Decoder, DecoderCache, bidirectional_targets
+from maskmatch.model.grammar import LatexGrammar
 
 
-def next_logprobs(decoder: Decoder, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-    """tokens (N,) -> log-probs (N, V) of the next token, PAD and SOS excluded; the cache takes the tokens in."""
+def next_logprobs(decoder: Decoder, tokens: torch.Tensor, cache: DecoderCache,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens (N,) -> log-probs (N, V) of the next token, PAD and SOS excluded, and where allowed (N, V) is
+    given the ids it does not allow; the cache takes the tokens in."""
     logits = decoder.step(tokens, cache)  # (N, V)
     logits[:, [PAD, SOS]] = float("-inf")
-    return logits.log_softmax(-1)
+    logp = logits.log_softmax(-1)
+    return logp if allowed is None else logp.masked_fill(~allowed, float("-inf"))
 
 
 @dataclass
@@ -32,8 +40,9 @@ class Hypothesis:
 
 
 @torch.inference_mode()
-def greedy(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor, max_len: int) -> list[Hypothesis]:
-    """features (B, h, w, d), feature_mask (B, h, w) -> B hypotheses, the arg-max token at each step.
+def greedy(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor, max_len: int,
+           grammar: LatexGrammar | None = None) -> list[Hypothesis]:
+    """features (B, h, w, d), feature_mask (B, h, w) -> B hypotheses, the arg-max (allowed) token at each step.
     A row that emits EOS leaves the batch: the others decode on without it."""
     B = features.shape[0]
     cache = decoder.init_cache(features, feature_mask)
@@ -42,10 +51,14 @@ def greedy(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor,
     length = torch.full((B,), max_len, dtype=torch.long, device=features.device)  # tokens before EOS
     total = torch.zeros(B, device=features.device)
     rows = torch.arange(B, device=features.device)  # (A,) the images still decoding, in the cache's order
+    states = [grammar.start()] * B if grammar else []  # (A,) grammar states of the live rows
     for t in range(max_len):
-        best, tokens = next_logprobs(decoder, tokens, cache).max(-1)  # (A,), (A,)
+        allowed = grammar.masks(states, max_len - t - 1, features.device) if grammar else None
+        best, tokens = next_logprobs(decoder, tokens, cache, allowed).max(-1)  # (A,), (A,)
         total[rows] += best
         out[rows, t] = tokens
+        if grammar:
+            states = [grammar.advance(s, tok) for s, tok in zip(states, tokens.tolist())]
         ends = tokens == EOS  # (A,)
         if ends.any():
             length[rows[ends]] = t
@@ -53,6 +66,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor,
             if not len(live):
                 break
             rows, tokens, cache = rows[live], tokens[live], cache.select(live)
+            states = [states[i] for i in live.tolist()] if grammar else []
     return [Hypothesis(row[:n], s / (n + 1)) for row, n, s in zip(out.tolist(), length.tolist(), total.tolist())]
 
 
@@ -119,7 +133,8 @@ def r2l_logprob_of_contenders(decoder: Decoder, memory: DecoderCache, owner: lis
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Tensor, beam_size: int, max_len: int,
-                length_penalty: float = 1.0, rescore: bool = True) -> list[Hypothesis]:
+                length_penalty: float = 1.0, rescore: bool = True, grammar: LatexGrammar | None = None,
+                n_best: bool = False) -> list[Hypothesis] | list[list[Hypothesis]]:
     """Left-to-right beam search of all images at once (up to B * beam_size rows), then optional r2l rescoring.
 
     Each step, the 2K best extensions of an image's K beams are ranked; those among the first K that end
@@ -127,7 +142,9 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
     the K best others live on. An image is done when its pool is full and its worst member's score is at
     least the best live beam's sum divided by the same step count (Hugging Face's rule, CoMER's scorer);
     for K = 1 this stops at greedy's EOS, so the result is greedy's. At max_len the live beams of images
-    not yet done are offered too. The best pooled candidate by (rescored) score wins.
+    not yet done are offered too. The best pooled candidate by (rescored) score wins. A grammar masks each
+    step's extensions (see the module docstring). n_best=True returns each image's whole pool instead (up to K
+    hypotheses, every one rescored), best first: its first is the hypothesis n_best=False returns.
 
     Cost: an image starts with one row (its one live beam, SOS) and has K from the second step on; a done
     image's rows leave the batch. The memory's keys and values are computed once per image, shared by its
@@ -143,6 +160,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
     pools: list[list[tuple[list[int], float, float]]] = [[] for _ in range(B)]  # (ids, sum, normalized sum)
     done = [False] * B
     k = 1  # live beams per image: 1 at the start, then K
+    states = [grammar.start()] * B if grammar else []  # (A*k,) grammar states of the live beams
 
     def offer(b: int, ids: list[int], total: float) -> None:
         entry, pool = (ids, total, total / (len(ids) + 1) ** length_penalty), pools[b]
@@ -155,7 +173,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
 
     for t in range(max_len):
         A = scores.shape[0]
-        logp = next_logprobs(decoder, tokens, cache)  # (A*k, V)
+        allowed = grammar.masks(states, max_len - t - 1, device) if grammar else None
+        logp = next_logprobs(decoder, tokens, cache, allowed)  # (A*k, V)
         V = logp.shape[1]
         top, index = (scores[:, :, None] + logp.view(A, k, V)).view(A, k * V).topk(min(2 * K, k * V), dim=1)
         beam, token = index // V, index % V  # (A, 2K)
@@ -167,6 +186,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
         scores, tokens = top.gather(1, keep), token.gather(1, keep).view(-1)  # (A, K), (A*K,)
         rows = (torch.arange(A, device=device)[:, None] * k + beam.gather(1, keep)).view(-1)  # (A*K,) sources
         seqs = torch.cat((seqs[rows], tokens[:, None]), dim=1)  # (A*K, t+1)
+        if grammar:
+            states = [grammar.advance(states[r], tok) for r, tok in zip(rows.tolist(), tokens.tolist())]
         k = scores.shape[1]  # K, or fewer if the vocabulary is tiny
         cache.reorder(rows, group=k)
         bound = (scores.max(1).values / (t + 1) ** length_penalty).tolist()  # (A,) best live, normalized
@@ -180,6 +201,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
             rows = (live[:, None] * k + torch.arange(k, device=device)).view(-1)  # (A'*K,)
             active, scores, tokens, seqs = [active[i] for i in searching], scores[live], tokens[rows], seqs[rows]
             cache = cache.select(live)
+            states = [states[r] for r in rows.tolist()] if grammar else []
     live_scores = scores.tolist()
     for i, b in enumerate(active):
         if not done[b]:  # cut off at max_len: live beams are candidates too
@@ -190,9 +212,16 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
     ids = [entry[0] for pool in pools for entry in pool]
     total = torch.tensor([entry[1] for pool in pools for entry in pool], device=device)  # (M,)
     steps = torch.tensor([len(s) + 1 for s in ids], dtype=torch.float, device=device) ** length_penalty  # (M,)
-    if rescore and ids:
+    if rescore and ids and n_best:  # every candidate ranked: each is rescored
+        total = total + cached_sequence_logprob(decoder, memory.for_entries(owner), ids, "r2l")
+    elif rescore and ids:
         total = total + r2l_logprob_of_contenders(decoder, memory, owner, ids, total, steps)
     final = (total / steps).tolist()
+    if n_best:
+        ranked: list[list[Hypothesis]] = [[] for _ in range(B)]
+        for b, s, f in zip(owner, ids, final):
+            ranked[b].append(Hypothesis(s, f))
+        return [sorted(r, key=lambda h: -h.score) for r in ranked]
     best: list[Hypothesis | None] = [None] * B
     for b, s, f in zip(owner, ids, final):
         if best[b] is None or f > best[b].score:

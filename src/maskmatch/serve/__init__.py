@@ -5,6 +5,6 @@
 
 Modules: `app` (routes and the app factory), `limits` (body size, bounded inference pool), `inputs` (request
 bodies to recognizer inputs; attention maps placed on the writer's canvas), `server` (uvicorn in a thread),
-`load` (a bounded loopback load test), `commands` (the CLI). The page is in `static/`; KaTeX comes from npm
-(`web/` at the repository root, `make web`).
+`load` (a bounded loopback load test), `commands` (the CLI). The page is in `static/`; KaTeX is vendored in
+`katex/` (copied from the npm package that `web/` pins, by `make katex`).
 """

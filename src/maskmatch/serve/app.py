@@ -1,7 +1,10 @@
-"""The app factory: the page, its static files, KaTeX from npm, and the JSON API.
+"""The app factory: the page, its static files, KaTeX (vendored), and the JSON API.
 
-    POST /api/recognize  JSON strokes or a multipart image -> {"latex", "tokens", "score", "ms"}
+    POST /api/recognize  JSON strokes or a multipart image -> {"latex", "tokens", "score", "confidence",
+                         "alternatives", "ms"}
     GET  /api/health     -> {"status": "ok", ...}
+"confidence" is 0-1 (calibration.py) or null for an uncalibrated model; "alternatives" lists up to 5 of the
+beam's answers, best first (the first is the answer), each {"latex", "tokens", "score", "confidence"}.
 With "attention": true (a JSON field, form field or query parameter) the answer also has "attention":
 {"rows": h, "cols": w, "maps": one list of h*w weights (row-major) per token, "grid": {"x", "y", "cell"}}: the
 feature grid's top-left corner and cell side in the strokes' own coordinates; for an image, in the pixels of
@@ -30,14 +33,14 @@ from maskmatch.serve.limits import MAX_BODY, BodyLimit, Busy, InferencePool
 
 log = logging.getLogger("maskmatch.serve")
 STATIC = Path(__file__).parent / "static"
-KATEX_HINT = "run `make web` (npm ci --prefix web) in the repository, or set MASKMATCH_KATEX to a katex/dist folder"
+ALTERNATIVES = 5  # the beam's best answers an answer lists, the first being the answer itself
+KATEX = Path(__file__).parent / "katex"  # vendored: the script, style and woff2 fonts of KaTeX (see its VERSION)
+KATEX_HINT = "the package's serve/katex folder is missing; reinstall maskmatch, or set MASKMATCH_KATEX to a katex/dist folder"
 
 
 def katex_folder() -> Path | None:
-    """KaTeX's dist/ folder: $MASKMATCH_KATEX, else web/node_modules/katex/dist of the repository this
-    package runs from (an editable install), else None."""
-    candidates = [os.environ.get("MASKMATCH_KATEX"), Path(__file__).resolve().parents[3] / "web/node_modules/katex/dist"]
-    for c in candidates:
+    """KaTeX's files: $MASKMATCH_KATEX (a katex/dist folder), else the copy vendored in the package, else None."""
+    for c in (os.environ.get("MASKMATCH_KATEX"), KATEX):
         if c and (Path(c) / "katex.min.js").is_file():
             return Path(c)
     return None
@@ -67,8 +70,10 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
         """Runs on an inference thread."""
         start = time.perf_counter()
         image = recognizer.preprocess(job.x)  # strokes: the InkML training renderer; images: normalize_bitmap
-        r = recognizer.decode([image], job.beam, attention=job.attention)[0]
-        out = {"latex": r.latex, "tokens": r.tokens, "score": round(r.score, 4),
+        r = recognizer.decode([image], job.beam, attention=job.attention, n_best=min(ALTERNATIVES, job.beam))[0]
+        out = {"latex": r.latex, "tokens": r.tokens, "score": round(r.score, 4), "confidence": r.confidence,
+               "alternatives": [{"latex": a.latex, "tokens": a.tokens, "score": round(a.score, 4),
+                                 "confidence": a.confidence} for a in r.alternatives],
                "ms": round(1000 * (time.perf_counter() - start), 1)}
         if job.attention:
             out["attention"] = attention_payload(r.attention, image, job, recognizer.render, stride)

@@ -272,6 +272,18 @@ def device_words(trainer) -> str:
 
 def manifest_training(run: Run, checkpoint_config: dict, args: argparse.Namespace) -> dict:
     """The manifest's "command" and "training" sections of a run's exported weights (best.ckpt's)."""
-    return {"command": command_line(args, run.stage.name),
-            "training": {"stage": run.stage.name, "config": checkpoint_config, "step": run.checkpoints.best_step,
-                         "device": device_words(run.trainer), "minutes": round(run.log.run_seconds() / 60, 2)}}
+    training = {"stage": run.stage.name, "config": checkpoint_config, "step": run.checkpoints.best_step,
+                "device": device_words(run.trainer), "minutes": round(run.log.run_seconds() / 60, 2)}
+    if checkpoint_config.get("init"):  # what the run started from, for the training history (history.py)
+        training["init"] = {"file": checkpoint_config["init"], "sha256": _weights_sha256(checkpoint_config["init"])}
+    return {"command": command_line(args, run.stage.name), "training": training}
+
+
+def _weights_sha256(path: str) -> str | None:
+    """The sha256 its manifest gives a weights file (of the tensors), None if it has none or is gone."""
+    from maskmatch.weights import read_manifest
+
+    try:
+        return read_manifest(path)["weights"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -127,6 +127,7 @@ async function send(body, type) {
     const answer = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
     if (mine !== sequence) return; // a newer request is on its way
     if (!response.ok) {
+      setResult(null); // the old answer was for other ink: do not leave it on screen
       status(answer.error || `HTTP ${response.status}`, true);
       if (response.status === 429 && type) setTimeout(schedule, 1000);
       return;
@@ -187,9 +188,12 @@ function setResult(answer) {
     for (const off of ["pointerleave", "blur"]) chip.addEventListener(off, () => showHeat(null));
     tokens.append(chip);
   });
+  const sure = answer && answer.confidence !== null && answer.confidence !== undefined
+    ? `confidence ${Math.round(100 * answer.confidence)}%, ` : "";
   $("meta").textContent = answer
-    ? `${answer.tokens.length} tokens, score ${answer.score}, ${answer.ms} ms on the server; point at a token to see where the model looked`
+    ? `${answer.tokens.length} tokens, ${sure}score ${answer.score}, ${answer.ms} ms on the server; point at a token to see where the model looked`
     : "";
+  showAlternatives(answer ? answer.alternatives || [] : []);
   const picture = answer?.attention?.image;
   if (picture && !strokes.length) {
     const img = new Image();
@@ -199,6 +203,26 @@ function setResult(answer) {
   showHeat(null);
 }
 
+// The beam's other readings: clicking one shows its LaTeX and preview (Copy copies it); the first is the answer.
+function showAlternatives(alternatives) {
+  const list = $("alternatives");
+  list.replaceChildren();
+  list.hidden = alternatives.length < 2;
+  alternatives.forEach((a, i) => {
+    const option = document.createElement("button");
+    option.className = "alternative" + (i === 0 ? " chosen" : "");
+    option.textContent = a.latex || "(nothing)";
+    if (a.confidence !== null && a.confidence !== undefined) option.title = `confidence ${Math.round(100 * a.confidence)}%`;
+    option.addEventListener("click", () => {
+      $("latex").textContent = a.latex;
+      $("copy").disabled = !a.latex;
+      renderPreview(a);
+      list.querySelectorAll(".alternative").forEach((o) => o.classList.toggle("chosen", o === option));
+    });
+    list.append(option);
+  });
+}
+
 function renderPreview(answer) {
   const preview = $("preview");
   preview.replaceChildren();
@@ -206,7 +230,7 @@ function renderPreview(answer) {
   if (!window.katex) {
     const note = document.createElement("span");
     note.className = "unavailable";
-    note.textContent = "Preview unavailable: KaTeX is not installed on the server (run `make web`).";
+    note.textContent = "Preview unavailable: the server has no KaTeX (see maskmatch serve's log).";
     preview.append(note);
     return;
   }

@@ -1,0 +1,140 @@
+"""`maskmatch history`: the cumulative record of the shipped models, run after run, from their manifests.
+
+results/history.json holds one entry per shipped model (its sha256, what it started from, its run's
+minutes and CPU-hours, validation and test ExpRate), in the order they were shipped; `results --ship`
+adds the model it ships, `maskmatch history MANIFEST...` adds others. From it the command writes
+results/training-history.md and results/training-history.png (ExpRate against cumulative CPU-hours).
+An entry's CPU-hours add up along its chain of starting models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from maskmatch.errors import UserError
+
+SHIPPED_WEIGHTS = "assets/model.safetensors"  # how a continuation's --init names the weights shipped at its start
+
+
+def entry(manifest: dict) -> dict:
+    """One shipped model's record, from its manifest (`results --ship` has added its test scores)."""
+    from maskmatch.results import cpu_hours
+
+    training, metrics = manifest.get("training") or {}, manifest.get("metrics") or {}
+    init = training.get("init") or {}
+    device, minutes = training.get("device", "unknown"), float(training.get("minutes", 0.0))
+    hours = cpu_hours(device, minutes)
+    return {
+        "sha256": manifest["weights"]["sha256"],
+        "init": init.get("file") or (training.get("config") or {}).get("init"),
+        "init_sha256": init.get("sha256"),
+        "command": manifest.get("command", ""),
+        "device": device, "minutes": minutes, "cpu_hours": None if hours == "-" else float(hours),
+        "validation": (metrics.get("validation") or {}).get("exprate"),
+        "test": {split: {how: s["exprate"] for how, s in by.items()} for split, by in (metrics.get("test") or {}).items()},
+    }
+
+
+def parent(entries: list[dict], i: int) -> int | None:
+    """The index of the entry that entry i started from: by its init weights' sha256, or, for a run that
+    recorded only the path of the shipped weights it continued, the model shipped before it."""
+    e = entries[i]
+    if e["init_sha256"]:
+        return next((j for j in range(i) if entries[j]["sha256"] == e["init_sha256"]), None)
+    if e["init"] and str(e["init"]).replace("\\", "/").endswith(SHIPPED_WEIGHTS) and i > 0:
+        return i - 1
+    return None
+
+
+def cumulative_hours(entries: list[dict]) -> list[float | None]:
+    out: list[float | None] = []
+    for i, e in enumerate(entries):
+        p = parent(entries, i)
+        before = out[p] if p is not None else 0.0
+        out.append(None if e["cpu_hours"] is None or before is None else round(before + e["cpu_hours"], 2))
+    return out
+
+
+def add(history: Path, manifest: dict) -> list[dict]:
+    """Adds (or replaces, by sha256) the manifest's entry in the history file; returns all entries."""
+    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
+    new = entry(manifest)
+    entries = [e for e in entries if e["sha256"] != new["sha256"]] + [new]
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text(json.dumps(entries, indent=1) + "\n", "utf-8")
+    return entries
+
+
+def markdown(entries: list[dict], command: str) -> str:
+    hours = cumulative_hours(entries)
+    cell = lambda e, split, how: f"{e['test'][split][how]:.2f}" if how in e["test"].get(split, {}) else "-"  # noqa: E731
+    lines = ["# Training history", "", f"Written by `{command}` from the shipped models' manifests "
+             "(results/history.json); do not edit by hand.", "",
+             "Each row is a model that was shipped, in order. Test ExpRate (%) greedy / beam 10.", "",
+             "| # | model | started from | minutes | device | CPU-hours so far | validation | 2014 | 2016 | 2019 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, (e, h) in enumerate(zip(entries, hours)):
+        p = parent(entries, i)
+        start = f"#{p + 1} ({entries[p]['sha256'][:8]})" if p is not None else (f"`{e['init']}`" if e["init"] else "random")
+        tests = " | ".join(f"{cell(e, s, 'greedy')} / {cell(e, s, 'beam')}" for s in ("2014", "2016", "2019"))
+        val = f"{e['validation']:.2f}" if e["validation"] is not None else "-"
+        lines.append(f"| {i + 1} | {e['sha256'][:8]} | {start} | {e['minutes']:.1f} | {e['device']} | "
+                     f"{h if h is not None else '-'} | {val} | {tests} |")
+    lines += ["", "Commands, in order:", ""] + [f"{i + 1}. `{e['command']}`" for i, e in enumerate(entries)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(entries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = cumulative_hours(entries)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, value in (("validation (greedy)", lambda e: e["validation"]),
+                         ("2014 beam", lambda e: e["test"].get("2014", {}).get("beam")),
+                         ("2014 greedy", lambda e: e["test"].get("2014", {}).get("greedy"))):
+        points = [(h, value(e)) for e, h in zip(entries, hours) if h is not None and value(e) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("cumulative CPU-hours")
+    ax.set_ylabel("ExpRate (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(out: Path, entries: list[dict], command: str) -> None:
+    (out / "training-history.md").write_text(markdown(entries, command), "utf-8")
+    plot(entries, out / "training-history.png")
+
+
+def _history(args: argparse.Namespace) -> int:
+    from maskmatch.weights import read_manifest
+
+    out = Path(args.out)
+    history = out / "history.json"
+    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
+    for path in args.manifests:
+        try:
+            entries = add(history, read_manifest(Path(path)))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if not entries:
+        raise UserError(f"{history}: no history yet; name a shipped model's manifest")
+    write(out, entries, f"maskmatch history --out {args.out}")
+    print(f"wrote {out}/training-history.md, training-history.png ({len(entries)} models)")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("history", help="results/training-history.md: every shipped model, from the manifests")
+    p.add_argument("manifests", nargs="*", metavar="WEIGHTS",
+                   help="weights (.safetensors, its .json manifest beside it) to add, in the order they were shipped")
+    p.add_argument("--out", default="results", metavar="DIR", help="where history.json is kept (default results)")
+    p.set_defaults(run=_history)

@@ -1,0 +1,46 @@
+"""The training history: entries from manifests, chained by what each run started from."""
+
+from __future__ import annotations
+
+import json
+
+from maskmatch.cli import main
+from maskmatch.history import add, cumulative_hours, markdown
+
+
+def manifest(sha: str, minutes: float, init: dict | None = None, config_init: str | None = None,
+             beam_2014: float = 30.0) -> dict:
+    training = {"device": "CPU (2 threads)", "minutes": minutes, "config": {"init": config_init}}
+    if init:
+        training["init"] = init
+    return {"weights": {"sha256": sha}, "command": f"maskmatch finetune --out runs/{sha}", "training": training,
+            "metrics": {"validation": {"exprate": 40.0},
+                        "test": {"2014": {"greedy": {"exprate": 25.0}, "beam": {"exprate": beam_2014}}}}}
+
+
+def test_continuations_add_up_their_cpu_hours(tmp_path):
+    history = tmp_path / "history.json"
+    add(history, manifest("a" * 64, 120.0))
+    # an older run names only the shipped weights it continued; a newer one records their sha256
+    add(history, manifest("b" * 64, 150.0, config_init="src/maskmatch/assets/model.safetensors"))
+    entries = add(history, manifest("c" * 64, 60.0, init={"file": "x.safetensors", "sha256": "a" * 64}))
+    assert cumulative_hours(entries) == [4.0, 9.0, 6.0]
+    text = markdown(entries, "maskmatch history")
+    assert "| 2 | bbbbbbbb | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | #1 (aaaaaaaa) |" in text
+    assert "25.00 / 30.00 | - / - | - / - |" in text
+
+
+def test_shipping_again_replaces_the_entry(tmp_path):
+    history = tmp_path / "history.json"
+    add(history, manifest("a" * 64, 120.0))
+    entries = add(history, manifest("a" * 64, 120.0, beam_2014=31.0))
+    assert len(entries) == 1 and entries[0]["test"]["2014"]["beam"] == 31.0
+    assert json.loads(history.read_text("utf-8")) == entries
+
+
+def test_the_command_refuses_a_file_without_manifest(tmp_path, capsys):
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"")
+    assert main(["history", str(weights), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "m.json" in err

@@ -2,6 +2,7 @@
 SIGKILL continuing step for step; the time budget. The data is a tiny synthetic cache built here."""
 
 import math
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,8 @@ from maskmatch.train.callbacks import AtomicCheckpointIO, read_log
 from maskmatch.train.config import DataConfig
 from maskmatch.train.data import FinetuneData
 from maskmatch.train.ema import EMA
+from maskmatch.train.module import ema_model
+from maskmatch.weights import load_weights, read_manifest
 from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
@@ -273,6 +276,28 @@ def test_init_continues_a_whole_model_from_its_loss(data_root, reference_run, tm
     assert first < np.mean([fresh[s] for s in range(EPOCHS * STEPS_PER_EPOCH - 4, EPOCHS * STEPS_PER_EPOCH + 1)]) + 0.5
     lrs = [r["lr"] for r in read_log(run / "log.jsonl") if "lr" in r]
     assert lrs[0] < lrs[4]  # the warm-up starts again
+    started = read_manifest(run / "model.safetensors")["training"]["init"]  # for the training history
+    assert started["sha256"] == read_manifest(reference_run / "model.safetensors")["weights"]["sha256"]
+
+
+def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_path, capsys):
+    """validate: greedy ExpRate on the run's held-out slice; average: the mean of checkpoints' EMA weights (one
+    checkpoint twice is that checkpoint), validated beside --like; calibrate: the fit lands in the manifest."""
+    model = reference_run / "model.safetensors"
+    assert main(["validate", str(model), "--data", str(data_root)]) == 0
+    assert re.search(r"validation ExpRate \d+\.\d\d% \(greedy, \d+ held-out images\)", capsys.readouterr().out)
+    last, out = reference_run / "last.ckpt", tmp_path / "avg.safetensors"
+    assert main(["average", str(last), str(last), "--like", str(model), "--data", str(data_root),
+                 "--out", str(out)]) == 0
+    assert "average of 2 checkpoints" in capsys.readouterr().out
+    expected = ema_model(torch.load(last, map_location="cpu", weights_only=False)).state_dict()
+    averaged, manifest = load_weights(out)
+    assert all(torch.allclose(averaged.state_dict()[k].float(), v.float()) for k, v in expected.items())
+    assert manifest["training"]["averaged_steps"] == [EPOCHS * STEPS_PER_EPOCH] * 2
+    assert main(["calibrate", "--model", str(out), "--data", str(data_root), "--out", str(tmp_path), "--beam", "2"]) == 0
+    fit = read_manifest(out)["calibration"]
+    assert {"greedy", "beam", "method", "images"} <= set(fit) and fit["beam"]["beam_size"] == 2
+    assert "| confidence | answers |" in (tmp_path / "calibration.md").read_text("utf-8")
 
 
 def test_recipes_table_from_the_runs_files(reference_run, tmp_path):

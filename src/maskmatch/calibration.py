@@ -66,18 +66,25 @@ def reliability(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) ->
     return rows, gap / max(len(confidences), 1)
 
 
-def held_out_slice(manifest: dict, root: Path):
-    """(cache, positions) of the model's held-out validation slice in root/train."""
+def held_out_slice(rec, root: Path) -> tuple[list[np.ndarray], list[list[str]]]:
+    """The images and canonical reference tokens of a Recognizer's model's held-out validation slice of
+    root/train (the manifest's data.val_size and val_seed); UserError if the data is not the model's."""
+    from maskmatch.data.render import RenderConfig
+    from maskmatch.metrics import canonical
     from maskmatch.train.data import held_out_split, open_split
 
-    data = ((manifest.get("training") or {}).get("config") or {}).get("data") or {}
+    data = ((rec.manifest.get("training") or {}).get("config") or {}).get("data") or {}
     cache = open_split(root, data.get("train_split", "train"))
+    if tuple(cache.vocabulary) != rec.vocabulary.symbols:
+        raise UserError(f"{root}: its vocabulary is not the model's")
+    if RenderConfig(**cache.render_config) != rec.render:
+        raise UserError(f"{root}: rendered at another scale than the model's; give the data it was trained on")
     _, val = held_out_split(len(cache), int(data.get("val_size", 300)), int(data.get("val_seed", 0)), cache.expressions)
-    return cache, val
+    images = [cache[int(i)][0] for i in val]
+    return images, [canonical(rec.vocabulary.decode(cache[int(i)][1].tolist())) for i in val]
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from maskmatch.data.render import RenderConfig
     from maskmatch.inference_commands import size_batches
     from maskmatch.metrics import canonical
     from maskmatch.recognizer import Recognizer
@@ -87,13 +94,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         rec = Recognizer.load(args.model, args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    cache, val = held_out_slice(rec.manifest, Path(args.data))
-    if tuple(cache.vocabulary) != rec.vocabulary.symbols:
-        raise UserError(f"{args.data}: its vocabulary is not the model's")
-    if RenderConfig(**cache.render_config) != rec.render:
-        raise UserError(f"{args.data}: rendered at another scale than the model's; give the data it was trained on")
-    images = [cache[int(i)][0] for i in val]
-    references = [canonical(rec.vocabulary.decode(cache[int(i)][1].tolist())) for i in val]
+    images, references = held_out_slice(rec, Path(args.data))
     fits, tables = {}, []
     for decoding, beam in (("greedy", 1), ("beam", args.beam)):
         scores = np.zeros(len(images))

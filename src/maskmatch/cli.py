@@ -25,6 +25,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.results",  # results
     "maskmatch.history",  # history: every shipped model
     "maskmatch.calibration",  # calibrate: 0-1 confidence
+    "maskmatch.validation",  # validate, average: held-out ExpRate, checkpoint averaging
     "maskmatch.serve.commands",  # serve, serve-load
     "maskmatch.benchmark",  # benchmark
     "maskmatch.train_benchmark",  # train-benchmark

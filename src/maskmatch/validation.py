@@ -1,0 +1,114 @@
+"""`maskmatch validate` and `maskmatch average`: a model's ExpRate on its held-out slice, and checkpoint averaging.
+
+`validate` decodes the held-out slice of the training split that the model was selected on (its manifest's
+data.val_size and val_seed) greedily, as `recognize` does (with the grammar), so models from different runs
+compare by one protocol. `average` takes the mean of the EMA weights of a run's last checkpoints (checkpoint
+averaging, as in Vaswani et al. 2017), which smooths the last stretch of a run beyond what the EMA alone
+does; the average inherits the manifest of the run's exported model (`--like`: config, vocabulary,
+preprocessing, training record), adds the averaged steps, and is validated beside `--like` by `validate`'s
+protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from maskmatch.errors import UserError
+
+
+def average_state(states: list[dict]) -> dict:
+    """The element-wise mean of state dicts with the same keys; integer tensors (BatchNorm's counters) come
+    from the last one."""
+    keys = set(states[0])
+    for s in states[1:]:
+        if set(s) != keys:
+            raise ValueError("the checkpoints hold different models (their keys differ)")
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = sum(s[k].double() for s in states).div(len(states)).to(v.dtype) if v.is_floating_point() else v.clone()
+    return out
+
+
+def held_out_exprate(rec, data: Path) -> tuple[float, int]:
+    """Greedy ExpRate (%) of a Recognizer on its model's held-out slice of data/train, and the slice's size."""
+    from maskmatch.calibration import held_out_slice
+    from maskmatch.inference_commands import size_batches
+    from maskmatch.metrics import canonical
+
+    images, references = held_out_slice(rec, data)
+    right = 0
+    for batch in size_batches(images, 16):
+        for j, r in zip(batch, rec.decode([images[j] for j in batch], 1)):
+            right += canonical(r.latex) == references[j]
+    return 100.0 * right / max(len(images), 1), len(images)
+
+
+def _average(args: argparse.Namespace) -> int:
+    import torch
+
+    from maskmatch.recognizer import Recognizer
+    from maskmatch.train.module import checkpoint_meta, ema_model
+    from maskmatch.weights import manifest_vocabulary, read_manifest, render_config, save_weights
+
+    try:
+        like = read_manifest(args.like)
+        models, steps = [], []
+        for path in args.checkpoints:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            models.append(ema_model(checkpoint))
+            steps.append(int(checkpoint.get("global_step", checkpoint_meta(checkpoint).get("step", -1))))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot read a checkpoint or --like: {' '.join(str(e).split())}") from None
+    model = models[-1]
+    try:
+        model.load_state_dict(average_state([m.state_dict() for m in models]))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    reference = Recognizer.load(args.like, "cpu")
+    before, n = held_out_exprate(reference, Path(args.data))
+    averaged = Recognizer(model, reference.vocabulary, reference.render, like, "cpu")
+    after, _ = held_out_exprate(averaged, Path(args.data))
+    print(f"validation ExpRate (greedy, {n} held-out images): {args.like} {before:.2f}%, "
+          f"average of {len(models)} checkpoints (steps {', '.join(map(str, steps))}) {after:.2f}%")
+    manifest = {k: like[k] for k in ("command", "training") if k in like}
+    manifest["training"] = {**manifest.get("training", {}), "averaged_steps": steps,
+                            "averaged_command": shlex.join(["maskmatch", "average", *args.checkpoints,
+                                                            "--like", args.like, "--data", args.data,
+                                                            "--out", args.out])}
+    manifest["metrics"] = {"validation": {"exprate": round(after, 4), "decoding": "greedy, with the grammar",
+                                          "images": "held-out slice of the training split"}}
+    save_weights(args.out, model, manifest, manifest_vocabulary(like), render_config(like))
+    print(f"wrote {args.out}; {'better' if after > before else 'not better'} than {args.like} on validation")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from maskmatch.recognizer import Recognizer
+
+    for path in args.models:
+        try:
+            rec = Recognizer.load(path, args.device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        exprate, n = held_out_exprate(rec, Path(args.data))
+        print(f"{path}\tvalidation ExpRate {exprate:.2f}% (greedy, {n} held-out images)", flush=True)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    v = commands.add_parser("validate", help="greedy ExpRate of models on their held-out slice of the training split")
+    v.add_argument("models", nargs="+", metavar="WEIGHTS", help="weights (.safetensors)")
+    v.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data they trained on")
+    v.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    v.set_defaults(run=_validate)
+
+    p = commands.add_parser("average", help="average the EMA weights of a run's last checkpoints")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="finetune checkpoints (.ckpt), oldest first")
+    p.add_argument("--like", required=True, metavar="WEIGHTS",
+                   help="the run's exported model.safetensors: the manifest the average inherits, and the model "
+                   "it is validated against")
+    p.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data the run trained on")
+    p.add_argument("--out", required=True, metavar="WEIGHTS", help="where the average goes (.safetensors)")
+    p.set_defaults(run=_average)

@@ -123,3 +123,25 @@ def test_render_scale_is_chosen_at_build_and_kept_in_the_cache(source, built, tm
     with pytest.raises(SystemExit):
         main(["data", "build", str(source), "--out", str(out), "--symbol-size", "0"])
     assert "--symbol-size" in capsys.readouterr().err
+
+
+def test_variants_of_the_train_split_only(source, built, tmp_path):
+    """--variants K: train/variants/ holds K distorted renders of each cached expression, in the cache's order,
+    same tokens, different pixels; rebuilt, the same bytes; the test splits get none."""
+    from maskmatch.data.variants import VariantConfig
+
+    out = tmp_path / "v"
+    summaries = build(source, out, workers=2, progress=False, variants=VariantConfig(count=2, swap_share=0.5))
+    plain, variants = Cache.open(out / "train"), Cache.open(out / "train" / "variants")
+    assert variants.variants == 2 and len(variants) == 2 * len(plain) == 2 * summaries["train"].cached
+    assert variants.names[:2] == [f"{plain.names[0]}#1", f"{plain.names[0]}#2"]
+    for i in range(len(plain)):
+        image, ids = plain[i]
+        for v in (1, 2):
+            other, other_ids = variants[2 * i + v - 1]
+            assert np.array_equal(other_ids, ids) and other.shape != image.shape or not np.array_equal(other, image)
+    assert summaries["train"].variants == 2 and summaries["2014"].variants == 0
+    assert not (out / "2014" / "variants").exists() and not (out / "2016" / "variants").exists()
+    again = tmp_path / "again"
+    build(source, again, splits=["train"], workers=1, progress=False, variants=VariantConfig(count=2, swap_share=0.5))
+    assert (again / "train/variants/images.u8").read_bytes() == (out / "train/variants/images.u8").read_bytes()

@@ -14,16 +14,17 @@ import torch
 from conftest import glyph, kill_after_checkpoint
 
 from maskmatch.cli import main
-from maskmatch.data.cache import CacheWriter
+from maskmatch.data.cache import Cache, CacheWriter
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
+from maskmatch.errors import UserError
 from maskmatch.train.callbacks import AtomicCheckpointIO, read_log
 from maskmatch.train.config import DataConfig
-from maskmatch.train.data import FinetuneData
+from maskmatch.train.data import FinetuneData, ScaledDataset
 from maskmatch.train.ema import EMA
 from maskmatch.train.module import ema_model
-from maskmatch.weights import load_weights, read_manifest
 from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
+from maskmatch.weights import load_weights, read_manifest
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
 
@@ -278,6 +279,43 @@ def test_init_continues_a_whole_model_from_its_loss(data_root, reference_run, tm
     assert lrs[0] < lrs[4]  # the warm-up starts again
     started = read_manifest(run / "model.safetensors")["training"]["init"]  # for the training history
     assert started["sha256"] == read_manifest(reference_run / "model.safetensors")["weights"]["sha256"]
+
+
+def test_epochs_draw_the_cache_variants(data_root, tmp_path):
+    """data.variants V: each epoch shows every training image as its plain render or one of V variants, drawn per
+    epoch; the sampler packs each image at its largest variant; validation stays plain."""
+    import shutil
+
+    from maskmatch.data.batching import CacheDataset
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    plain = Cache.open(root / "train")
+    writer = CacheWriter(root / "train" / "variants", plain.vocabulary, plain.render_config, {"variants": 2})
+    for i in range(len(plain)):
+        image, ids = plain[i]
+        for v in (1, 2):  # variant v: the image widened by 2 v columns of ink, so it can be told apart
+            writer.add(f"{plain.names[i]}#{v}", np.pad(image, ((0, 0), (0, 2 * v)), constant_values=255), ids.tolist())
+    writer.close()
+    config = DataConfig(root=str(root), val_size=8, variants=2, workers=0, scale_range=(1.0, 1.0))
+    data = FinetuneData(config, seed=0)
+    data.setup()
+    assert isinstance(data.val_set, CacheDataset) and not isinstance(data.val_set, type(data.train_set))
+    assert (data.train_set.sizes[:, 1] == plain.sizes[data.train_set.indices, 1] + 4).all()
+    drawn = {}
+    for epoch in (0, 1):
+        data.train_batches.sampler.set_epoch(epoch)
+        keys = sorted(k for b in data.train_batches for k in b)
+        assert {len(k) for k in keys} == {3} and {k[2] for k in keys} == {0, 1, 2}
+        drawn[epoch] = [k[2] for k in keys]
+    assert drawn[0] != drawn[1]  # drawn anew each epoch
+    loaded = ScaledDataset(data.train_set, 10**4, 10**4)
+    for position, scale, v in keys[:6]:
+        width = plain.sizes[data.train_set.indices[position], 1]
+        assert loaded[(position, scale, v)][1].shape[1] == width + 2 * v
+    assert next(iter(data.train_dataloader())).images.shape[0] > 0
+    with pytest.raises(UserError, match="data.variants 3"):
+        FinetuneData(DataConfig(root=str(root), val_size=8, variants=3), seed=0)
 
 
 def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_path, capsys):

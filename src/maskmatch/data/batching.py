@@ -55,6 +55,31 @@ class CacheDataset(Dataset):
         return self.cache.sizes[self.indices]  # (N, 2)
 
 
+class VariantDataset(CacheDataset):
+    """A CacheDataset whose item (i, v) is variant v of item i: 0 the plain render, 1..count from `variants`, a
+    variants cache (data/variants.py) of this cache. Sizes are each item's largest over its variants."""
+
+    def __init__(self, cache: Cache, indices, variants: Cache, count: int):
+        super().__init__(cache, indices)
+        if not 0 <= count <= variants.variants or len(variants) != len(cache) * variants.variants:
+            raise ValueError(f"the variants cache holds {variants.variants} variants of {len(variants)} // "
+                             f"{max(variants.variants, 1)} images; {count} of {len(cache)} asked for")
+        self.variants, self.count = variants, count
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        i, v = key if isinstance(key, tuple) else (key, 0)
+        if v == 0:
+            return super().__getitem__(i)
+        image, ids = self.variants[int(self.indices[i]) * self.variants.variants + v - 1]
+        return i, image, ids
+
+    @property
+    def sizes(self) -> np.ndarray:
+        K = self.variants.variants
+        extra = self.variants.sizes.reshape(-1, K, 2)[self.indices, : self.count]  # (N, count, 2)
+        return np.maximum(super().sizes, extra.max(axis=1)) if self.count else super().sizes
+
+
 def collate(items: list[tuple[int, np.ndarray, np.ndarray]]) -> Batch:
     """Pads images at the bottom and right with background, token lists with PAD."""
     height = max(image.shape[0] for _, image, _ in items)

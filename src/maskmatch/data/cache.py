@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 class CacheWriter:
     """Appends (name, image, token ids) and writes the files on `close()`, atomically per file."""
 
-    def __init__(self, folder: Path, vocabulary: tuple[str, ...], render_config: dict):
+    def __init__(self, folder: Path, vocabulary: tuple[str, ...], render_config: dict, extra_meta: dict | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._images = open(self.folder / "images.u8.tmp", "wb")
@@ -35,7 +35,8 @@ class CacheWriter:
         self._tokens: list[np.ndarray] = []
         self._names: list[str] = []
         self._offset = 0
-        self._meta = {"format": FORMAT_VERSION, "vocabulary": list(vocabulary), "render": render_config}
+        self._meta = {"format": FORMAT_VERSION, "vocabulary": list(vocabulary), "render": render_config,
+                      **(extra_meta or {})}
 
     def add(self, name: str, image: np.ndarray, token_ids: list[int]) -> None:
         assert image.dtype == np.uint8 and image.ndim == 2, (image.dtype, image.shape)
@@ -82,6 +83,7 @@ class Cache:
     tokens: np.ndarray | None  # memory-mapped int16; None when opened with labels=False
     token_offsets: np.ndarray | None
     expressions: np.ndarray | None = None  # (N,) int32 expression ids; None for caches built before them
+    variants: int = 0  # a variants cache (data/variants.py): renders per expression of the split's cache
 
     @classmethod
     def open(cls, folder: str | Path, labels: bool = True) -> "Cache":
@@ -106,6 +108,7 @@ class Cache:
             tokens=np.load(folder / "tokens.npy", mmap_mode="r") if labels else None,
             token_offsets=np.load(folder / "token_offsets.npy") if labels else None,
             expressions=np.load(folder / "expressions.npy") if (folder / "expressions.npy").is_file() else None,
+            variants=int(meta.get("variants", 0)),
         )
 
     def __len__(self) -> int:

@@ -12,12 +12,14 @@ from maskmatch.errors import UserError
 def _data_build(args: argparse.Namespace) -> int:
     from maskmatch.data.build import build, format_summary
     from maskmatch.data.render import RenderConfig
+    from maskmatch.data.variants import VariantConfig
 
     try:
         sizes = {"symbol_size": args.symbol_size, "stroke_width": args.stroke_width}
         render = RenderConfig(**{k: v for k, v in sizes.items() if v is not None})
+        variants = VariantConfig(count=args.variants, swap_share=args.swap_share)
         summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, render=render,
-                          progress=not args.quiet)
+                          progress=not args.quiet, variants=variants)
     except ValueError as e:
         raise UserError(str(e)) from None
     print(format_summary(summaries))
@@ -51,6 +53,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "models trained on the cache read users' input at this scale")
     build.add_argument("--stroke-width", type=positive_float, metavar="PX",
                        help="pen width of the renders, px (default 3)")
+    build.add_argument("--variants", type=int, default=0, metavar="K",
+                       help="also render K distorted variants of each training expression into train/variants/ "
+                            "(data/variants.py; default 0)")
+    build.add_argument("--swap-share", type=float, default=0.0, metavar="P",
+                       help="in variants, redraw each symbol by another writer with probability P (default 0)")
     build.set_defaults(run=_data_build)
 
     sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")

@@ -21,6 +21,8 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.7, 1.3)  # rescale drawn per image and epoch (assumed; symbols ~28-52 px)
     label_fraction: float = 1.0  # share of the labelled training images (after the held-out slice) trained on; 1: all
     label_seed: int = 0  # which images form that share: fixed, so the subset never changes (resume included)
+    variants: int = 0  # an epoch shows each training expression as one of its plain render and this many of the
+    # cache's pre-rendered variants (`data build --variants K`; data/variants.py), drawn per epoch; 0: plain only
 
     def __post_init__(self):
         if not 0 < self.label_fraction <= 1:
@@ -30,6 +32,8 @@ class DataConfig:
             raise ValueError(f"scale_range {self.scale_range} must satisfy 0 < low <= high")
         if self.val_size < 1 or self.pixel_budget < 1 or self.max_batch_size < 1 or self.workers < 0:
             raise ValueError("val_size, pixel_budget and max_batch_size must be positive, workers >= 0")
+        if self.variants < 0:
+            raise ValueError(f"variants {self.variants} must be >= 0")
 
 
 @dataclass(frozen=True)

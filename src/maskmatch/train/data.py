@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from maskmatch.data.batching import BucketBatchSampler, CacheDataset, collate
+from maskmatch.data.batching import BucketBatchSampler, CacheDataset, VariantDataset, collate
 from maskmatch.data.cache import Cache
+from maskmatch.data.variants import FOLDER as VARIANTS
 from maskmatch.errors import UserError
 from maskmatch.train.config import DataConfig
 
@@ -32,6 +33,13 @@ def scaled_size(height: int, width: int, scale: float, max_height: int, max_widt
     """The size of an image rescaled by `scale`, capped (never below its own size) by the render's limits."""
     factor = min(scale, max(1.0, min(max_height / height, max_width / width)))
     return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def epoch_variants(n: int, count: int, seed: int, epoch: int) -> np.ndarray:
+    """(n,) which render of each training image `epoch` shows: 0 the plain one, 1..count a variant."""
+    if count == 0:
+        return np.zeros(n, np.int64)
+    return np.random.default_rng([seed, epoch, 13]).integers(0, count + 1, n)
 
 
 def epoch_scales(n: int, scale_range: tuple[float, float], seed: int, epoch: int) -> np.ndarray:
@@ -51,9 +59,9 @@ class ScaledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, float]) -> tuple[int, np.ndarray, np.ndarray]:
-        position, scale = key
-        i, image, ids = self.base[position]
+    def __getitem__(self, key: tuple[int, float] | tuple[int, float, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        position, scale, *variant = key  # (position, scale, variant) for a VariantDataset
+        i, image, ids = self.base[(position, *variant) if variant else position]
         size = scaled_size(*image.shape, scale, self.max_height, self.max_width)
         if size != image.shape:
             resized = Image.fromarray(np.ascontiguousarray(image)).resize(size[::-1], Image.Resampling.BILINEAR)
@@ -62,13 +70,14 @@ class ScaledDataset(Dataset):
 
 
 class TrainBatches(Sampler[list[tuple[int, float]]]):
-    """This rank's batches of one epoch as lists of (position, scale), from batch `start` on.
+    """This rank's batches of one epoch as lists of (position, scale), or (position, scale, variant) when
+    the images have `variants` pre-rendered variants to draw from, from batch `start` on.
 
     `sampler` is the bucketing sampler over the images' largest sizes; Lightning calls its set_epoch.
     """
 
-    def __init__(self, sampler: BucketBatchSampler, scale_range: tuple[float, float], seed: int):
-        self.sampler, self.scale_range, self.seed = sampler, scale_range, seed
+    def __init__(self, sampler: BucketBatchSampler, scale_range: tuple[float, float], seed: int, variants: int = 0):
+        self.sampler, self.scale_range, self.seed, self.variants = sampler, scale_range, seed, variants
         self.start = 0  # batches of the epoch to skip (already trained on before a resume)
 
     @property
@@ -76,9 +85,15 @@ class TrainBatches(Sampler[list[tuple[int, float]]]):
         return self.sampler.epoch
 
     def __iter__(self):
-        scales = epoch_scales(len(self.sampler.sizes), self.scale_range, self.seed, self.epoch)
+        n = len(self.sampler.sizes)
+        scales = epoch_scales(n, self.scale_range, self.seed, self.epoch)
+        if not self.variants:
+            for batch in list(self.sampler)[self.start :]:
+                yield [(i, float(scales[i])) for i in batch]
+            return
+        drawn = epoch_variants(n, self.variants, self.seed, self.epoch)
         for batch in list(self.sampler)[self.start :]:
-            yield [(i, float(scales[i])) for i in batch]
+            yield [(i, float(scales[i]), int(drawn[i])) for i in batch]
 
     def __len__(self) -> int:
         return len(self.sampler)  # the whole epoch's length, as Lightning counts batches
@@ -166,7 +181,7 @@ class FinetuneData(L.LightningDataModule):
         train, val = held_out_split(len(self.cache), config.val_size, config.val_seed, self.cache.expressions)
         if labels:
             train = label_subset(train, config.label_fraction, config.label_seed)
-            self.train_set, self.val_set = CacheDataset(self.cache, train), CacheDataset(self.cache, val)
+            self.train_set, self.val_set = self._train_set(train), CacheDataset(self.cache, val)
         else:
             from maskmatch.pretrain.data import ImageDataset  # here: pretrain.data imports this module
 
@@ -177,6 +192,16 @@ class FinetuneData(L.LightningDataModule):
         # so that its BatchNorm statistics, gathered at those scales, fit the images it is validated on.
         low, high = config.scale_range
         self.val_scale = 1.0 if labels else float(np.sqrt(low * high))
+
+    def _train_set(self, train: np.ndarray) -> CacheDataset:
+        """The training images, with their pre-rendered variants when data.variants asks for them."""
+        if not self.config.variants:
+            return CacheDataset(self.cache, train)
+        folder = Path(self.config.root) / self.config.train_split / VARIANTS
+        try:
+            return VariantDataset(self.cache, train, Cache.open(folder), self.config.variants)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(f"data.variants {self.config.variants}: {e} (`maskmatch data build --variants K`)") from None
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -199,7 +224,7 @@ class FinetuneData(L.LightningDataModule):
             plan = BucketBatchSampler(val_sizes.reshape(-1, 2), c.pixel_budget, c.max_batch_size, seed=c.val_seed).plan(0)
         except ValueError as e:
             raise UserError(f"data.pixel_budget (sizes at the largest scale, {high}): {e}") from None
-        self.train_batches = TrainBatches(sampler, c.scale_range, self.seed)
+        self.train_batches = TrainBatches(sampler, c.scale_range, self.seed, c.variants)
         # every rank validates its share (counts are summed), as (position, scale) like the training batches
         self.val_batches = [[(i, self.val_scale) for i in batch] for batch in plan[rank::world]]
         if len(self.train_batches) == 0:

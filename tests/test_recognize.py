@@ -208,7 +208,7 @@ def test_recognize_json_lines(model_path, files, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in records] == [str(files["good"]), str(files["x"])]
     for r in records:
-        assert set(r) == {"path", "latex", "score", "confidence", "ms"}
+        assert set(r) == {"path", "latex", "output", "score", "confidence", "ms"} and r["output"] == r["latex"]
         assert isinstance(r["latex"], str) and isinstance(r["score"], float) and r["ms"] > 0
         assert r["confidence"] is None  # the test model has no calibration
 
@@ -222,6 +222,8 @@ def test_recognize_n_best(model_path, files, capsys):
     assert [a["score"] for a in alternatives] == sorted((a["score"] for a in alternatives), reverse=True)
     assert main(["recognize", str(files["good"]), "--model", str(model_path), "--beam", "4", "--n-best", "3"]) == 0
     assert capsys.readouterr().out.rstrip("\n").split("\t")[1:] == [a["latex"] for a in alternatives]
+    assert main(["recognize", str(files["good"]), "--model", str(model_path), "--greedy", "--format", "mathml"]) == 0
+    assert capsys.readouterr().out.split("\t")[1].startswith("<math")
 
 
 def test_recognize_folder_recursively(model_path, tmp_path, files, capsys):

@@ -85,7 +85,8 @@ def test_strokes_answer_like_the_recognizer_on_the_same_inkml(client, recognizer
     r = client.post("/api/recognize", json={"strokes": INK_STROKES})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"latex", "tokens", "score", "confidence", "alternatives", "ms"}
+    assert set(body) == {"latex", "tokens", "mathml", "score", "confidence", "alternatives", "ms"}
+    assert body["mathml"].startswith("<math")
     assert body["confidence"] is None and body["alternatives"][0]["latex"] == body["latex"]
     assert 1 <= len(body["alternatives"]) <= 2  # the beam's (size 2) answers, best first
     assert body["latex"] == " ".join(body["tokens"]) and body["ms"] > 0

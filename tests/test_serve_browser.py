@@ -106,6 +106,8 @@ def test_alternatives_errors_favicon_and_phone_width(browser):
         options.nth(1).click()
         assert page.locator("#latex").inner_text() == second != "x x x x x x"
         assert "chosen" in options.nth(1).get_attribute("class")
+        page.click("#copy-mathml")
+        page.wait_for_function("document.getElementById('status').textContent === 'MathML copied'")
         with page.expect_response("**/api/recognize", timeout=20_000) as answer:
             page.set_input_files("#file", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"nope"}])
         assert answer.value.status == 400

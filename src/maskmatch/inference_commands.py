@@ -14,6 +14,7 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
+from maskmatch.formats import FORMATS
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
 PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
@@ -64,6 +65,8 @@ def _inputs(paths: list[str]) -> list[tuple[str, str | None]]:
 def _recognize(args: argparse.Namespace) -> int:
     """Inputs in windows of WINDOW batches: each window is preprocessed, decoded in batches of like-sized images
     (little padding: less time and memory than batches in name order), and printed in the order given."""
+    from maskmatch.formats import formatted
+
     rec, beam = _recognizer(args), _beam(args)
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
@@ -88,14 +91,15 @@ def _recognize(args: argparse.Namespace) -> int:
                 results[j] = r
         for path, r, ms in zip(paths, results, spent):
             if args.json:
-                record = {"path": path, "latex": r.latex, "score": round(r.score, 4), "confidence": r.confidence,
-                          "ms": round(r.ms + ms, 1)}
+                record = {"path": path, "latex": r.latex, "output": formatted(r.tokens, args.format),
+                          "score": round(r.score, 4), "confidence": r.confidence, "ms": round(r.ms + ms, 1)}
                 if args.n_best > 1:
-                    record["alternatives"] = [{"latex": a.latex, "score": round(a.score, 4),
-                                               "confidence": a.confidence} for a in r.alternatives]
+                    record["alternatives"] = [{"latex": a.latex, "output": formatted(a.tokens, args.format),
+                                               "score": round(a.score, 4), "confidence": a.confidence}
+                                              for a in r.alternatives]
                 print(json.dumps(record, ensure_ascii=False))
             else:
-                print("\t".join([path, *(a.latex for a in r.alternatives)]))
+                print("\t".join([path, *(formatted(a.tokens, args.format) for a in r.alternatives)]))
         sys.stdout.flush()
     return 1 if failed else 0
 
@@ -229,6 +233,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _model_options(recognize, batch_size=8)
     recognize.add_argument("--json", action="store_true",
                            help="one JSON object per line: path, latex, score, confidence, ms (and alternatives)")
+    recognize.add_argument("--format", choices=FORMATS, default="tokens",
+                           help="tokens: canonical, space-separated (default); latex: compact (x^{2}+1); mathml")
     recognize.add_argument("--n-best", type=positive_int, default=1, metavar="K",
                            help="also print the beam's next best answers, up to K in all (tab-separated, or "
                            "'alternatives' with --json; default 1)")

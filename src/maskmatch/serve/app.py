@@ -1,10 +1,10 @@
 """The app factory: the page, its static files, KaTeX (vendored), and the JSON API.
 
-    POST /api/recognize  JSON strokes or a multipart image -> {"latex", "tokens", "score", "confidence",
-                         "alternatives", "ms"}
+    POST /api/recognize  JSON strokes or a multipart image -> {"latex", "tokens", "mathml", "score",
+                         "confidence", "alternatives", "ms"}
     GET  /api/health     -> {"status": "ok", ...}
 "confidence" is 0-1 (calibration.py) or null for an uncalibrated model; "alternatives" lists up to 5 of the
-beam's answers, best first (the first is the answer), each {"latex", "tokens", "score", "confidence"}.
+beam's answers, best first (the first is the answer), each {"latex", "tokens", "mathml", "score", "confidence"}.
 With "attention": true (a JSON field, form field or query parameter) the answer also has "attention":
 {"rows": h, "cols": w, "maps": one list of h*w weights (row-major) per token, "grid": {"x", "y", "cell"}}: the
 feature grid's top-left corner and cell side in the strokes' own coordinates; for an image, in the pixels of
@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
+from maskmatch.formats import mathml
 from maskmatch.recognizer import Recognizer
 from maskmatch.serve.inputs import BadRequest, Job, attention_payload, read_job
 from maskmatch.serve.limits import MAX_BODY, BodyLimit, Busy, InferencePool
@@ -71,9 +72,10 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
         start = time.perf_counter()
         image = recognizer.preprocess(job.x)  # strokes: the InkML training renderer; images: normalize_bitmap
         r = recognizer.decode([image], job.beam, attention=job.attention, n_best=min(ALTERNATIVES, job.beam))[0]
-        out = {"latex": r.latex, "tokens": r.tokens, "score": round(r.score, 4), "confidence": r.confidence,
-               "alternatives": [{"latex": a.latex, "tokens": a.tokens, "score": round(a.score, 4),
-                                 "confidence": a.confidence} for a in r.alternatives],
+        out = {"latex": r.latex, "tokens": r.tokens, "mathml": mathml(r.tokens), "score": round(r.score, 4),
+               "confidence": r.confidence,
+               "alternatives": [{"latex": a.latex, "tokens": a.tokens, "mathml": mathml(a.tokens),
+                                 "score": round(a.score, 4), "confidence": a.confidence} for a in r.alternatives],
                "ms": round(1000 * (time.perf_counter() - start), 1)}
         if job.attention:
             out["attention"] = attention_payload(r.attention, image, job, recognizer.render, stride)

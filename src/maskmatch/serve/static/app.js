@@ -10,6 +10,7 @@ let strokes = [];     // [[[x, y], ...], ...] in the board's CSS pixels, y down
 let drawing = null;   // the pointerId of the stroke being drawn
 let image = null;     // {img, x, y, scale}: an uploaded image shown as the model reads it
 let result = null;    // the last API answer
+let chosen = null;    // the reading shown: the answer, or the alternative clicked
 let shown = null;      // the token whose attention is drawn
 let timer = 0, pending = null, sequence = 0;
 
@@ -175,7 +176,8 @@ function setResult(answer) {
   result = answer;
   const latex = answer ? answer.latex : "";
   $("latex").textContent = latex;
-  $("copy").disabled = !latex;
+  $("copy").disabled = $("copy-mathml").disabled = !latex;
+  chosen = answer;
   renderPreview(answer);
   const tokens = $("tokens");
   tokens.replaceChildren();
@@ -215,7 +217,8 @@ function showAlternatives(alternatives) {
     if (a.confidence !== null && a.confidence !== undefined) option.title = `confidence ${Math.round(100 * a.confidence)}%`;
     option.addEventListener("click", () => {
       $("latex").textContent = a.latex;
-      $("copy").disabled = !a.latex;
+      $("copy").disabled = $("copy-mathml").disabled = !a.latex;
+      chosen = a;
       renderPreview(a);
       list.querySelectorAll(".alternative").forEach((o) => o.classList.toggle("chosen", o === option));
     });
@@ -238,19 +241,22 @@ function renderPreview(answer) {
   window.katex.render(answer.latex, preview, { displayMode: true, throwOnError: false });
 }
 
-$("copy").addEventListener("click", async () => {
-  const text = $("latex").textContent;
+async function copy(text, what) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
-    const range = document.createRange(); // fallback: select the text and copy the selection
-    range.selectNodeContents($("latex"));
-    getSelection().removeAllRanges();
-    getSelection().addRange(range);
+    const area = document.createElement("textarea"); // fallback: copy a selection of the text
+    area.value = text;
+    document.body.append(area);
+    area.select();
     document.execCommand("copy");
+    area.remove();
   }
-  status("LaTeX copied");
-});
+  status(`${what} copied`);
+}
+
+$("copy").addEventListener("click", () => copy($("latex").textContent, "LaTeX"));
+$("copy-mathml").addEventListener("click", () => copy(chosen?.mathml || "", "MathML"));
 
 // ------------------------------------------------------------------ attention
 

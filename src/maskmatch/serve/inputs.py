@@ -92,6 +92,8 @@ async def read_job(request: Request, default_beam: int) -> Job:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(400, f"bad JSON: {' '.join(str(e).split())}") from None
+        except RecursionError:  # found by tests/test_fuzz.py: 100,000 nested arrays
+            raise BadRequest(400, "bad JSON: nested too deeply") from None
         if not isinstance(body, dict) or "strokes" not in body:
             raise BadRequest(422, 'expected {"strokes": [[[x, y], ...], ...]}')
         options.update({k: body[k] for k in ("beam", "attention") if k in body})

@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,58 @@ def test_oversized_upload_reads_as_413_to_clients_that_send_everything_first(rec
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(request, timeout=30)
         assert error.value.code == 413 and "over" in json.loads(error.value.read())["error"]
+
+
+def test_oversized_upload_reads_as_413_with_requests(recognizer):
+    """requests, like urllib, sends the whole body first: it too reads the 413."""
+    import requests
+
+    with BackgroundServer(create_app(recognizer, katex=False)) as url:
+        r = requests.post(f"{url}/api/recognize", files={"file": ("big.png", b"\0" * (30 << 20))}, timeout=60)
+    assert r.status_code == 413 and "over" in r.json()["error"]
+
+
+def raw_request(port: int, head: bytes) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(head)
+    return s
+
+
+def test_slow_bodies_and_leavers_hold_nothing(recognizer, caplog):
+    """A body trickling in gets 408 when its time is up and never holds the one inference worker; a client that
+    leaves mid-body is dropped without an error in the log; meanwhile normal requests are answered at once."""
+    body = json.dumps({"strokes": INK_STROKES}).encode()
+    head = (b"POST /api/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    import requests
+
+    with caplog.at_level(logging.ERROR), BackgroundServer(create_app(recognizer, workers=1, queue=0, katex=False,
+                                                                      body_seconds=1.5)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow = [raw_request(port, head + body[:10]) for _ in range(5)]  # 5 uploads that stall
+        leaver = raw_request(port, head + body[:10])
+        leaver.close()
+        start = time.perf_counter()
+        r = requests.post(f"{url}/api/recognize", json={"strokes": INK_STROKES}, timeout=30)
+        assert r.status_code == 200 and time.perf_counter() - start < 2.0 + 1.0  # 2 s plus its own work
+        for s in slow:
+            answer = s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1.5 s" in answer
+            s.close()
+        assert requests.get(f"{url}/api/health", timeout=5).json()["max_body"] == 10 * 1024 * 1024
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_flood_of_connections_beyond_the_limit_gets_503(recognizer):
+    """More connections at once than the server takes: the surplus is answered 503 at once, the rest served."""
+    import requests
+
+    with BackgroundServer(create_app(recognizer, katex=False), max_connections=4) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [raw_request(port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n") for _ in range(4)]  # headers unfinished
+        time.sleep(0.3)
+        assert requests.get(f"{url}/api/health", timeout=5).status_code == 503
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        assert requests.get(f"{url}/api/health", timeout=5).status_code == 200

@@ -114,6 +114,11 @@ def test_alternatives_errors_favicon_and_phone_width(browser):
         page.wait_for_function("document.getElementById('status').classList.contains('error')")
         assert page.locator("#latex").inner_text() == "" and page.locator(".alternative").count() == 0
         assert page.locator("#status").inner_text() == "not a readable image (not a PNG, JPEG, BMP, GIF, TIFF, WebP file)"
+        sent = []
+        page.on("request", lambda r: sent.append(r.url) if "/api/recognize" in r.url else None)
+        page.set_input_files("#file", files=[{"name": "huge.png", "mimeType": "image/png", "buffer": b"\0" * (11 << 20)}])
+        page.wait_for_function("document.getElementById('status').textContent.includes('at most 10 MB')")
+        assert not sent  # refused before sending: the server would only answer 413
         assert page.request.get(url + "/static/favicon.svg").ok
         assert not errors, errors
         phone = browser.new_page(viewport={"width": 390, "height": 760})

@@ -9,8 +9,9 @@ With "attention": true (a JSON field, form field or query parameter) the answer 
 {"rows": h, "cols": w, "maps": one list of h*w weights (row-major) per token, "grid": {"x", "y", "cell"}}: the
 feature grid's top-left corner and cell side in the strokes' own coordinates; for an image, in the pixels of
 "image", the normalized image as a PNG data URL. "ms" is the time spent rendering and decoding this input.
-Errors are JSON `{"error": "one line"}`: 400 unreadable input or bad JSON, 413 body over 10 MB, 415 wrong
-content type, 422 empty ink or bad fields, 429 inference queue full, 500 a bug (logged with its traceback).
+Errors are JSON `{"error": "one line"}`: 400 unreadable input or bad JSON, 408 body not all received within
+30 s, 413 body over 10 MB, 415 wrong content type, 422 empty ink or bad fields, 429 inference queue full, 500 a
+bug (logged with its traceback); beyond 100 connections at once, uvicorn answers 503 (server.py).
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from maskmatch.formats import mathml
 from maskmatch.recognizer import Recognizer
 from maskmatch.serve.inputs import BadRequest, Job, attention_payload, read_job
-from maskmatch.serve.limits import MAX_BODY, BodyLimit, Busy, InferencePool
+from maskmatch.serve.limits import BODY_SECONDS, MAX_BODY, BodyLimit, Busy, InferencePool
 
 log = logging.getLogger("maskmatch.serve")
 STATIC = Path(__file__).parent / "static"
@@ -48,7 +50,7 @@ def katex_folder() -> Path | None:
 
 
 def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1, queue: int = 8,
-               max_body: int = MAX_BODY, katex: Path | bool = True) -> FastAPI:
+               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS, katex: Path | bool = True) -> FastAPI:
     """An ASGI app around `recognizer`. workers: inference threads; queue: requests that may wait for one
     (beyond that 429); katex: a dist folder, True to look for it (`katex_folder`), False for none."""
     pool = InferencePool(workers, queue)
@@ -82,7 +84,7 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
         return out
 
     @app.post("/api/recognize")
-    async def api_recognize(request: Request) -> JSONResponse:
+    async def api_recognize(request: Request) -> Response:
         try:
             job = await read_job(request, beam_size)
             return JSONResponse(await pool.run(recognize, job))
@@ -90,6 +92,8 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
             return error(e.status, e.message)
         except Busy as e:
             return error(429, str(e), {"Retry-After": "1"})
+        except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
+            return Response(status_code=400)
         except ValueError as e:  # the recognizer's one-line reasons: unreadable image, no ink, ...
             reason = re.sub(r"<[^>]* object at 0x[0-9a-f]+>", "the upload", " ".join(str(e).split()))
             return error(422 if "no ink" in reason else 400, reason)
@@ -97,7 +101,7 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
     @app.get("/api/health")
     async def health() -> dict:
         manifest = recognizer.manifest
-        return {"status": "ok", "beam": beam_size, "workers": pool.workers, "queue": pool.queue,
+        return {"status": "ok", "beam": beam_size, "workers": pool.workers, "queue": pool.queue, "max_body": max_body,
                 "in_flight": pool.in_flight, "katex": katex_dir is not None,
                 "model": {"maskmatch_version": manifest.get("maskmatch_version"),
                           "metrics": manifest.get("metrics")}}
@@ -118,5 +122,5 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
     app.mount("/static", StaticFiles(directory=STATIC), name="static")  # resolves paths; none escapes the folder
     if katex_dir is not None:
         app.mount("/katex", StaticFiles(directory=katex_dir), name="katex")
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(BodyLimit, limit=max_body, body_seconds=body_seconds)
     return app

@@ -61,11 +61,13 @@ def _check_port(host: str, port: int) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from maskmatch.serve.server import server_config
+
     _check_port(args.host, args.port)
     app = _app(args)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"maskmatch: serving http://{shown}:{args.port}/ (Ctrl+C stops)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(server_config(app, args.host, args.port)).run()
     return 0
 
 

@@ -12,11 +12,20 @@ MAX_DRAIN = 64 * 1024 * 1024  # bytes of an oversized body read and dropped befo
 # which send the whole body before reading (urllib, requests) see the answer instead of a reset connection
 
 
+BODY_SECONDS = 30.0  # the whole request body must arrive within this (a 10 MB upload at 3 Mbit/s); slower: 408
+MAX_CONNECTIONS = 100  # connections served at once (uvicorn's limit_concurrency); beyond them: 503 at once
+KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+
+
 class Busy(Exception):
     """The inference queue is full: the client should retry later (HTTP 429)."""
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -45,10 +54,13 @@ class BodyLimit:
     """ASGI middleware: a body over `limit` bytes gets 413, told by Content-Length up front, or counted as it
     streams in (chunked uploads), before the app has buffered more than the limit. Before answering it reads and
     drops up to `max_drain` more bytes (in memory one chunk at a time), unless the client waits for
-    `Expect: 100-continue` and has sent nothing yet."""
+    `Expect: 100-continue` and has sent nothing yet. A body that has not all arrived `body_seconds` after the
+    app first asked for it gets 408 (a slow upload never reaches an inference worker: the app reads the whole
+    body first)."""
 
-    def __init__(self, app: Callable, limit: int = MAX_BODY, max_drain: int = MAX_DRAIN):
-        self.app, self.limit, self.max_drain = app, limit, max_drain
+    def __init__(self, app: Callable, limit: int = MAX_BODY, max_drain: int = MAX_DRAIN,
+                 body_seconds: float = BODY_SECONDS):
+        self.app, self.limit, self.max_drain, self.body_seconds = app, limit, max_drain, body_seconds
 
     async def _refuse(self, headers: dict, receive: Callable, send: Callable, body_done: bool = False) -> None:
         """413; body_done: the body's last message was already read (reading again would wait for the client to
@@ -64,11 +76,18 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(headers, receive, send)
-        received, started, body_done = 0, False, False
+        received, started, body_done, deadline = 0, False, False, None
 
         async def counted() -> dict:
-            nonlocal received, body_done
-            message = await receive()
+            nonlocal received, body_done, deadline
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.body_seconds
+            if body_done:
+                return await receive()  # after the body: only the client's disconnect is left to hear
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                raise _TooSlow from None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -86,6 +105,10 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._refuse(headers, receive, send, body_done)
+        except _TooSlow:
+            if not started:
+                await send_json(send, 408, {"error": f"request body not received within {self.body_seconds:g} s"},
+                                [(b"connection", b"close")])
 
 
 class InferencePool:

@@ -7,12 +7,22 @@ import time
 
 import uvicorn
 
+from maskmatch.serve.limits import KEEP_ALIVE_SECONDS, MAX_CONNECTIONS
+
+
+def server_config(app, host: str, port: int, max_connections: int = MAX_CONNECTIONS) -> uvicorn.Config:
+    """uvicorn's settings for `maskmatch serve` and the tests alike: beyond max_connections at once, new
+    connections get 503 at once; idle keep-alive connections close after KEEP_ALIVE_SECONDS."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          limit_concurrency=max_connections, timeout_keep_alive=KEEP_ALIVE_SECONDS)
+
 
 class BackgroundServer:
     """Serves an ASGI app on host (loopback by default) and a free port (0) until the block ends."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
+                 max_connections: int = MAX_CONNECTIONS):
+        config = server_config(app, host, port, max_connections)
         self.server, self.timeout = uvicorn.Server(config), timeout
         self.thread = threading.Thread(target=self.server.run, name="maskmatch-serve", daemon=True)
         self.url = ""

@@ -13,6 +13,8 @@ let result = null;    // the last API answer
 let chosen = null;    // the reading shown: the answer, or the alternative clicked
 let shown = null;      // the token whose attention is drawn
 let timer = 0, pending = null, sequence = 0;
+let maxBody = 10 * 2 ** 20; // bytes: the server's limit, from /api/health when it answers
+fetch("/api/health").then((r) => r.json()).then((h) => { if (h.max_body) maxBody = h.max_body; }).catch(() => {});
 
 // ------------------------------------------------------------------ drawing
 
@@ -143,6 +145,11 @@ async function send(body, type) {
 function upload(file) {
   if (!file) return;
   if (!file.type.startsWith("image/")) { status(`${file.name} is not an image`, true); return; }
+  if (file.size > maxBody) { // refused here: sending it would only bring back a 413
+    setResult(null);
+    status(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB: the server takes at most ${maxBody / 2 ** 20} MB`, true);
+    return;
+  }
   strokes = []; image = null;
   clearTimeout(timer);
   redraw();

@@ -168,7 +168,7 @@ POINTS = st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=Tr
 def client():
     from test_serve import writer_recognizer
 
-    with TestClient(create_app(writer_recognizer(), beam_size=1, katex=False), raise_server_exceptions=False) as c:
+    with TestClient(create_app(writer_recognizer(), beam_size=1, katex=False), raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
         yield c
 
 

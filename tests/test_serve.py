@@ -69,7 +69,7 @@ def recognizer(model_path) -> Recognizer:
 
 @pytest.fixture(scope="module")
 def client(recognizer):
-    with TestClient(create_app(recognizer, beam_size=2), raise_server_exceptions=False) as c:
+    with TestClient(create_app(recognizer, beam_size=2), raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -181,7 +181,7 @@ def test_bodies_over_10_mb_get_413(client):
 def test_a_bug_is_a_json_500_not_a_traceback(recognizer, monkeypatch, caplog):
     app = create_app(recognizer, katex=False)
     monkeypatch.setattr(recognizer, "decode", lambda *a, **k: 1 / 0)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
         r = c.post("/api/recognize", json={"strokes": INK_STROKES})
     assert r.status_code == 500 and r.json() == {"error": "internal error: ZeroDivisionError"}
 
@@ -226,14 +226,14 @@ def test_static_files_cannot_escape_their_folder(recognizer):
                      "/static/....//app.py", "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/katex/../../package.json",
                      "/static/..\\app.py"]:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
                 answer = b""
                 while chunk := s.recv(65536):
                     answer += chunk
             assert answer.split(b" ")[1] in (b"400", b"404"), (path, answer[:100])
             assert b"create_app" not in answer and b"root:" not in answer
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert s.recv(64).split(b" ")[1] == b"200"
 
 
@@ -241,7 +241,7 @@ def test_page_and_missing_katex(recognizer, caplog):
     with caplog.at_level(logging.WARNING, logger="maskmatch.serve"):
         app = create_app(recognizer, katex=False)
     assert "KaTeX not found" in caplog.text and "MASKMATCH_KATEX" in caplog.text
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         page = c.get("/")
         assert page.status_code == 200 and "/static/app.js" in page.text
         assert c.get("/katex/katex.min.js").status_code == 404 and c.get("/static/style.css").status_code == 200
@@ -252,7 +252,7 @@ def test_katex_is_vendored_in_the_package(recognizer, monkeypatch):
     """The page's preview needs no npm: the package carries KaTeX's script, style and the fonts the style names."""
     monkeypatch.delenv("MASKMATCH_KATEX", raising=False)
     assert katex_folder() == KATEX
-    with TestClient(create_app(recognizer)) as c:
+    with TestClient(create_app(recognizer), base_url="http://127.0.0.1") as c:
         assert c.get("/katex/katex.min.js").status_code == 200 and c.get("/api/health").json()["katex"] is True
         css = c.get("/katex/katex.min.css").text
         fonts = re.findall(r"url\((fonts/[^)]+\.woff2)\)", css)
@@ -322,7 +322,7 @@ def test_slow_bodies_and_leavers_hold_nothing(recognizer, caplog):
     """A body trickling in gets 408 when its time is up and never holds the one inference worker; a client that
     leaves mid-body is dropped without an error in the log; meanwhile normal requests are answered at once."""
     body = json.dumps({"strokes": INK_STROKES}).encode()
-    head = (b"POST /api/recognize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (b"POST /api/recognize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
     import requests
 
@@ -336,7 +336,9 @@ def test_slow_bodies_and_leavers_hold_nothing(recognizer, caplog):
         r = requests.post(f"{url}/api/recognize", json={"strokes": INK_STROKES}, timeout=30)
         assert r.status_code == 200 and time.perf_counter() - start < 2.0 + 1.0  # 2 s plus its own work
         for s in slow:
-            answer = s.recv(4096)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
             assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1.5 s" in answer
             s.close()
         assert requests.get(f"{url}/api/health", timeout=5).json()["max_body"] == 10 * 1024 * 1024
@@ -349,10 +351,35 @@ def test_a_flood_of_connections_beyond_the_limit_gets_503(recognizer):
 
     with BackgroundServer(create_app(recognizer, katex=False), max_connections=4) as url:
         port = int(url.rsplit(":", 1)[1])
-        held = [raw_request(port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n") for _ in range(4)]  # headers unfinished
+        held = [raw_request(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(4)]  # headers unfinished
         time.sleep(0.3)
         assert requests.get(f"{url}/api/health", timeout=5).status_code == 503
         for s in held:
             s.close()
         time.sleep(0.3)
         assert requests.get(f"{url}/api/health", timeout=5).status_code == 200
+
+
+def test_the_server_stays_local(recognizer):
+    """A foreign Host header (DNS rebinding) gets 400; every answer carries a CSP without inline script; no CORS
+    header unless an origin is allowed; an address other machines reach gets a warning."""
+    from maskmatch.serve.local import CSP, allowed_hosts, exposure_warning, host_name
+
+    app = create_app(recognizer, katex=False)
+    with TestClient(app, base_url="http://evil.example:8000") as c:
+        r = c.get("/api/health")
+        assert r.status_code == 400 and "'evil.example' is not allowed" in r.json()["error"]
+    for base in ("http://localhost:8000", "http://127.0.0.1", "http://[::1]:8000"):
+        with TestClient(app, base_url=base) as c:
+            page = c.get("/", headers={"Origin": "http://evil.example"})
+            assert page.status_code == 200 and page.headers["content-security-policy"] == CSP
+            assert "script-src 'self';" in CSP and "unsafe-inline" not in CSP.split("script-src")[1].split(";")[0]
+            assert "access-control-allow-origin" not in page.headers
+    with TestClient(create_app(recognizer, katex=False, allow_origins=("http://localhost:3000",)),
+                    base_url="http://localhost") as c:
+        r = c.get("/api/health", headers={"Origin": "http://localhost:3000"})
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert allowed_hosts("192.168.1.5", ["pc.lan"]) == ("localhost", "127.0.0.1", "::1", "192.168.1.5", "pc.lan")
+    assert allowed_hosts("0.0.0.0") is None and host_name("[::1]:80") == "::1" and host_name("A.B:1") == "a.b"
+    assert exposure_warning("127.0.0.1") is None and "other machines" in exposure_warning("0.0.0.0")

@@ -36,10 +36,13 @@ def browser():
         b.close()
 
 
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1000, "height": 760})
+def open_page(browser, url: str, bypass_csp: bool = True):
+    """bypass_csp: Playwright's wait_for_function evaluates strings, which the page's CSP forbids (no eval);
+    test_the_page_works_under_its_csp checks the page itself under the CSP."""
+    page = browser.new_page(viewport={"width": 1000, "height": 760}, bypass_csp=bypass_csp)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url)
     page.wait_for_function("document.readyState === 'complete'")
     return page, errors
@@ -121,10 +124,23 @@ def test_alternatives_errors_favicon_and_phone_width(browser):
         assert not sent  # refused before sending: the server would only answer 413
         assert page.request.get(url + "/static/favicon.svg").ok
         assert not errors, errors
-        phone = browser.new_page(viewport={"width": 390, "height": 760})
+        phone = browser.new_page(viewport={"width": 390, "height": 760}, bypass_csp=True)
         phone.goto(url)
         phone.evaluate("""() => { document.getElementById('latex').textContent =
             Array(60).fill('\\\\frac { x } { y }').join(' + '); }""")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
         box = phone.locator("#latex").bounding_box()
         assert box["x"] + box["width"] <= 390
+
+
+def test_the_page_works_under_its_csp(browser):
+    """With the server's Content-Security-Policy in force (no inline or evaluated script): writing still brings
+    LaTeX, the KaTeX preview (its fonts and inline styles) and the token chips, with no CSP violation."""
+    with BackgroundServer(create_app(writer_recognizer(), beam_size=1)) as url:
+        page, errors = open_page(browser, url, bypass_csp=False)
+        draw(page, STROKES)
+        page.wait_for_selector("#preview .katex", timeout=20_000)
+        assert page.locator("#latex").inner_text() == "x x x x x x" and page.locator(".token").count() == 6
+        page.locator(".token").nth(1).hover()
+        page.wait_for_selector(".token.active", timeout=5_000)
+        assert not errors, errors

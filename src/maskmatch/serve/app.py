@@ -27,12 +27,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from maskmatch.formats import mathml
 from maskmatch.recognizer import Recognizer
 from maskmatch.serve.inputs import BadRequest, Job, attention_payload, read_job
 from maskmatch.serve.limits import BODY_SECONDS, MAX_BODY, BodyLimit, Busy, InferencePool
+from maskmatch.serve.local import LOOPBACK, LocalOnly
 
 log = logging.getLogger("maskmatch.serve")
 STATIC = Path(__file__).parent / "static"
@@ -50,9 +52,11 @@ def katex_folder() -> Path | None:
 
 
 def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1, queue: int = 8,
-               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS, katex: Path | bool = True) -> FastAPI:
+               max_body: int = MAX_BODY, body_seconds: float = BODY_SECONDS, katex: Path | bool = True,
+               hosts: tuple[str, ...] | None = LOOPBACK, allow_origins: tuple[str, ...] = ()) -> FastAPI:
     """An ASGI app around `recognizer`. workers: inference threads; queue: requests that may wait for one
-    (beyond that 429); katex: a dist folder, True to look for it (`katex_folder`), False for none."""
+    (beyond that 429); katex: a dist folder, True to look for it (`katex_folder`), False for none; hosts: the
+    Host names it answers for (None: any; local.py); allow_origins: sites whose pages may call the API (CORS)."""
     pool = InferencePool(workers, queue)
     katex_dir = katex_folder() if katex is True else Path(katex) if katex else None
     if katex_dir is None:
@@ -123,4 +127,8 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
     if katex_dir is not None:
         app.mount("/katex", StaticFiles(directory=katex_dir), name="katex")
     app.add_middleware(BodyLimit, limit=max_body, body_seconds=body_seconds)
+    if allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"])
+    app.add_middleware(LocalOnly, hosts=hosts)  # outermost: a foreign Host is refused before anything else
     return app

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
+from maskmatch.serve.local import LOOPBACK
 
 
 def _at_least_zero(text: str) -> int:
@@ -38,10 +39,12 @@ def _recognizer(args: argparse.Namespace):
         raise UserError(" ".join(str(e).split())) from None
 
 
-def _app(args: argparse.Namespace):
+def _app(args: argparse.Namespace, hosts: tuple[str, ...] | None = LOOPBACK, origins: tuple[str, ...] = ()):
+    """hosts: the Host names answered (None: any, for a server on all interfaces); origins: CORS."""
     from maskmatch.serve.app import create_app
 
-    return create_app(_recognizer(args), beam_size=args.beam, workers=args.workers, queue=args.queue)
+    return create_app(_recognizer(args), beam_size=args.beam, workers=args.workers, queue=args.queue,
+                      hosts=hosts, allow_origins=origins)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -63,8 +66,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from maskmatch.serve.server import server_config
 
+    from maskmatch.serve.local import allowed_hosts, exposure_warning
+
     _check_port(args.host, args.port)
-    app = _app(args)
+    hosts = allowed_hosts(args.host, args.allow_host)
+    app = _app(args, hosts, tuple(args.allow_origin))
+    if exposure_warning(args.host):
+        print(exposure_warning(args.host), file=sys.stderr, flush=True)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"maskmatch: serving http://{shown}:{args.port}/ (Ctrl+C stops)", file=sys.stderr, flush=True)
     uvicorn.Server(server_config(app, args.host, args.port)).run()
@@ -116,6 +124,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="a local web page and JSON API: write or upload math, get LaTeX")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests whose Host is NAME (the others, but for localhost, 127.0.0.1, ::1 "
+                            "and --host, get 400: DNS rebinding); repeatable")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                       help="let pages from this origin call the API (CORS), e.g. http://localhost:3000; repeatable")
     _model_options(serve)
     serve.set_defaults(run=_serve)
 

@@ -1,6 +1,7 @@
 """`maskmatch data build` end to end: real CROHME files, broken and hostile ones, every source form."""
 
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -145,3 +146,32 @@ def test_variants_of_the_train_split_only(source, built, tmp_path):
     again = tmp_path / "again"
     build(source, again, splits=["train"], workers=1, progress=False, variants=VariantConfig(count=2, swap_share=0.5))
     assert (again / "train/variants/images.u8").read_bytes() == (out / "train/variants/images.u8").read_bytes()
+
+
+def test_a_build_killed_anywhere_and_rerun_is_complete_and_identical(source, built, tmp_path):
+    """data build killed at several points, then run again into the same folder: every cache is complete and
+    byte-identical to the uninterrupted build's; a half-written cache is never opened as complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "maskmatch", "data", "build", str(source), "--out", str(out), "--workers", "2",
+               "--quiet"]
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for split in ("train", "2014", "2016"):
+            if (out / split / "cache").is_dir() and not (out / split / "cache" / "meta.json").is_file():
+                with pytest.raises(FileNotFoundError, match="no complete cache"):
+                    Cache.open(out / split)
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    reference, _ = built
+    for split in ("train", "2014", "2016"):
+        for name in ("images.u8", "index.npy", "tokens.npy", "token_offsets.npy", "expressions.npy", "meta.json"):
+            assert (out / split / "cache" / name).read_bytes() == (reference / split / "cache" / name).read_bytes()
+        assert (out / split / "caption.txt").read_text() == (reference / split / "caption.txt").read_text()

@@ -201,6 +201,23 @@ def test_recognize_reports_bad_files_and_continues(model_path, files, capsys):
     assert errors[0].startswith(f"{files['garbage']}: not a readable image")
     assert errors[1] == f"{files['missing']}: no such file or folder"
     assert errors[2].startswith(f"{files['bomb']}: image too large")
+    assert main(["recognize", *map(str, paths), "--model", str(model_path), "--greedy", "--json"]) == 1
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]  # errors in the stream, in input order
+    assert [r["path"] for r in records] == [str(p) for p in paths] and not err
+    assert [("error" in r) for r in records] == [False, True, True, True, False]
+    assert records[2]["error"] == "no such file or folder"
+
+
+def test_recognize_reads_standard_input(model_path, files, capsys, monkeypatch):
+    import io as std_io
+    import sys as std_sys
+
+    for data, ok in ((files["good"].read_bytes(), True), (b"", False)):
+        monkeypatch.setattr(std_sys, "stdin", std_io.TextIOWrapper(std_io.BytesIO(data)))
+        assert main(["recognize", "-", "--model", str(model_path), "--greedy"]) == (0 if ok else 1)
+        out, err = capsys.readouterr()
+        assert out.startswith("-\t") if ok else err == "-: standard input is empty\n"
 
 
 def test_recognize_json_lines(model_path, files, capsys):
@@ -394,3 +411,19 @@ def test_a_48_megapixel_phone_photo_is_decoded_reduced(recognizer):
     photo.save(buffer, "PNG", compress_level=1)
     with pytest.raises(ValueError, match="image too large"):
         load_image(buffer.getvalue())
+
+
+def test_adversarial_inputs_take_bounded_time():
+    """Noise at the largest working size and a scribble of 5,000 strokes, through the shipped model with beam 10:
+    decoding stops at the length bound (max_len, the grammar closes everything in time), so each input takes
+    seconds, not minutes."""
+    import time
+
+    rec = Recognizer.load(device="cpu")
+    rng = np.random.default_rng(0)
+    noise = (rng.random((3000, 4000)) * 255).astype(np.uint8)
+    scribble = [rng.random((5, 2)) * 1000 for _ in range(5000)]
+    for x in (noise, scribble):
+        start = time.perf_counter()
+        r = rec.recognize(x, beam_size=10)
+        assert time.perf_counter() - start < 30 and len(r.tokens) < rec.model.config.max_len

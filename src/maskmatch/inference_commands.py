@@ -19,6 +19,8 @@ from maskmatch.formats import FORMATS
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
 PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
 WINDOW = 8  # recognize reads this many batches' inputs, then decodes them grouped by size
+STDIN = "-"  # the path that means standard input
+MAX_STDIN = 64 * 2**20  # bytes read from standard input at most
 
 
 def _recognizer(args: argparse.Namespace):
@@ -54,12 +56,24 @@ def _inputs(paths: list[str]) -> list[tuple[str, str | None]]:
     out = []
     for p in paths:
         path = Path(p)
-        if path.is_dir():
+        if p == STDIN:
+            out.append((p, None))
+        elif path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
             out += [(str(f), None) for f in found] or [(p, f"no {', '.join(SUFFIXES)} files in this folder")]
         else:
             out.append((p, None if path.exists() else "no such file or folder"))
     return out
+
+
+def _stdin_bytes() -> bytes:
+    """`recognize -`: an image or InkML file on standard input, at most MAX_STDIN bytes."""
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise ValueError(f"standard input is over {MAX_STDIN // 2**20} MB")
+    if not data:
+        raise ValueError("standard input is empty")
+    return data
 
 
 def _recognize(args: argparse.Namespace) -> int:
@@ -71,25 +85,32 @@ def _recognize(args: argparse.Namespace) -> int:
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
     for at in range(0, len(inputs), window):
-        paths, images, spent = [], [], []
+        entries, images, spent = [], [], []  # entries: (path, image position or the problem), in input order
         for path, problem in inputs[at : at + window]:
             start = time.perf_counter()
             if problem is None:
                 try:
-                    images.append(rec.preprocess(path))
+                    images.append(rec.preprocess(_stdin_bytes() if path == STDIN else path))
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                     problem = _reason(e)
             if problem is not None:
-                print(f"{path}: {problem}", file=sys.stderr)
+                entries.append((path, problem))
+                if not args.json:
+                    print(f"{path}: {problem}", file=sys.stderr)
                 failed += 1
                 continue
-            paths.append(path)
+            entries.append((path, len(images) - 1))
             spent.append(1000 * (time.perf_counter() - start))
         results = [None] * len(images)
         for batch in size_batches(images, args.batch_size):
             for j, r in zip(batch, rec.decode([images[j] for j in batch], beam, n_best=args.n_best)):
                 results[j] = r
-        for path, r, ms in zip(paths, results, spent):
+        for path, found in entries:
+            if isinstance(found, str):  # with --json, in the stream of answers, so that their reader sees it
+                if args.json:
+                    print(json.dumps({"path": path, "error": found}, ensure_ascii=False))
+                continue
+            r, ms = results[found], spent[found]
             if args.json:
                 record = {"path": path, "latex": r.latex, "output": formatted(r.tokens, args.format),
                           "score": round(r.score, 4), "confidence": r.confidence, "ms": round(r.ms + ms, 1)}
@@ -229,7 +250,8 @@ def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     recognize = commands.add_parser("recognize", help="images (any polarity, size), InkML files or folders -> LaTeX")
-    recognize.add_argument("paths", nargs="+", metavar="PATH", help="image, .inkml file or folder (searched recursively)")
+    recognize.add_argument("paths", nargs="+", metavar="PATH",
+                           help="image, .inkml file or folder (searched recursively); - reads one from standard input")
     _model_options(recognize, batch_size=8)
     recognize.add_argument("--json", action="store_true",
                            help="one JSON object per line: path, latex, score, confidence, ms (and alternatives)")

@@ -11,7 +11,6 @@ that were right. Alternatives below the first are given the same mapping of thei
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 from pathlib import Path
@@ -88,7 +87,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from maskmatch.inference_commands import size_batches
     from maskmatch.metrics import canonical
     from maskmatch.recognizer import Recognizer
-    from maskmatch.weights import manifest_path, read_manifest
+    from maskmatch.weights import manifest_path, read_manifest, write_manifest
 
     try:
         rec = Recognizer.load(args.model, args.device)
@@ -112,7 +111,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                          + (["--beam", str(args.beam)] if args.beam != 10 else []))
     manifest = read_manifest(args.model)
     manifest["calibration"] = {"method": METHOD, "images": len(images), **fits, "command": command}
-    manifest_path(args.model).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    write_manifest(args.model, manifest)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Confidence calibration\n\nMade by `{command}`; do not edit by hand.\n\nMethod: {METHOD} "

@@ -125,7 +125,7 @@ def ship(model: Path, scores: dict, command: str, target: Path | None = None) ->
     from importlib import resources
 
     from maskmatch.recognizer import SHIPPED
-    from maskmatch.weights import manifest_path, read_manifest
+    from maskmatch.weights import read_manifest, write_manifest
 
     manifest = read_manifest(model)
     manifest.setdefault("metrics", {})["test"] = {
@@ -134,7 +134,7 @@ def ship(model: Path, scores: dict, command: str, target: Path | None = None) ->
     manifest["results_command"] = command
     target = target or Path(str(resources.files("maskmatch").joinpath("assets", SHIPPED)))
     shutil.copyfile(model, target)
-    manifest_path(target).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    write_manifest(target, manifest)
     return target
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from safetensors.torch import save as save_safetensors
 from maskmatch import __version__
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import SPECIALS, Vocabulary
+from maskmatch.files import write_atomic
 from maskmatch.model import HMERModel, ModelConfig
 
 FORMAT = "maskmatch-weights"
@@ -115,9 +114,20 @@ def _save(path, model: HMERModel, state: dict, manifest: dict | None, vocabulary
         "preprocessing": {"render": asdict(render), "convention": CONVENTION},
         **extra,
     }
-    text = json.dumps(full, indent=1, ensure_ascii=False) + "\n"  # fails before anything is written
-    _write_atomic(Path(path), data)
-    _write_atomic(where, text.encode("utf-8"))
+    text = _manifest_text(full)  # fails before anything is written
+    write_atomic(Path(path), lambda f: f.write(data))
+    write_atomic(where, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Rewrites the manifest beside weights file `path` (atomically): for callers that add to it (test scores,
+    calibration); the weights and their sha256 are untouched."""
+    text = _manifest_text(manifest)
+    write_atomic(manifest_path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[HMERModel, dict]:
@@ -243,17 +253,3 @@ def _build(cls, values, key: str):
         raise ValueError(f"manifest {key!r}: {e}") from None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Writes to a temporary file in the same folder, then renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,7 +17,7 @@ def draw_views(batch: Batch, views: ViewPair, path: Path, names: list[str]) -> N
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from maskmatch.train.callbacks import write_atomic
+    from maskmatch.files import write_atomic
 
     B = len(batch)
     colours = colormaps["tab20"](np.arange(SHOWN_POINTS) % 20)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,30 +12,10 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from maskmatch.files import write_atomic
 from maskmatch.train.schedule import plan_total_steps
 
 LOG, CURVES, LAST, BEST = "log.jsonl", "curves.png", "last.ckpt", "best.ckpt"
-
-
-def write_atomic(path: Path, write) -> None:
-    """Calls write(binary file) on a temporary file beside `path`, syncs it, renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -198,7 +198,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(run_dir: Path, stages: list[str], state: dict) -> Path:
     """RUN_DIR/model.safetensors: stage 3's weights, their manifest telling every stage's part."""
-    from maskmatch.weights import manifest_path, read_manifest
+    from maskmatch.weights import read_manifest, write_manifest
 
     manifests = {stage: read_manifest(run_dir / stage / EXPORTS[stage]) for stage in stages}
     parts = {}
@@ -212,7 +212,7 @@ def _export(run_dir: Path, stages: list[str], state: dict) -> Path:
     manifest["command"] = state["command"]
     target = run_dir / EXPORTS["finetune"]
     shutil.copyfile(run_dir / "finetune" / EXPORTS["finetune"], target)
-    manifest_path(target).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    write_manifest(target, manifest)
     return target
 
 

@@ -193,8 +193,9 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None
     import yaml
 
     from maskmatch.config import to_dict
+    from maskmatch.files import write_atomic
     from maskmatch.train.callbacks import (LAST, AtomicCheckpointIO, BudgetPlanner, RunCheckpoints, RunLog,
-                                           remove_stale_temporaries, write_atomic)
+                                           remove_stale_temporaries)
     from maskmatch.train.module import NonFiniteLoss
 
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # workers are a config choice

@@ -3,7 +3,8 @@
 `from maskmatch import Recognizer` loads torch on first use only, so `import maskmatch` stays light.
 """
 
-__version__ = "0.1.0"
+from maskmatch.version import __version__
+
 __all__ = ["Recognizer", "Recognition", "__version__"]
 
 

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from maskmatch import __version__
+from maskmatch.version import __version__
 from maskmatch.errors import UserError
 
 COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
@@ -24,8 +24,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results
     "maskmatch.history",  # history: every shipped model
-    "maskmatch.calibration",  # calibrate: 0-1 confidence
-    "maskmatch.validation",  # validate, average: held-out ExpRate, checkpoint averaging
+    "maskmatch.validation",  # validate, average, calibrate: on a model's held-out slice
     "maskmatch.serve.commands",  # serve, serve-load
     "maskmatch.benchmark",  # benchmark
     "maskmatch.train_benchmark",  # train-benchmark

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from maskmatch.errors import UserError
@@ -18,10 +19,16 @@ from maskmatch.errors import UserError
 SHIPPED_WEIGHTS = "assets/model.safetensors"  # how a continuation's --init names the weights shipped at its start
 
 
+def cpu_hours(device: str, minutes: float) -> str:
+    """Core-hours of a CPU run from the manifest's device words ("CPU (2 threads)"); "-" for other devices."""
+    found = re.fullmatch(r"(?:(\d+) x )?CPU \((\d+) threads?\)", device)
+    if not found:
+        return "-"
+    return f"{int(found[1] or 1) * int(found[2]) * minutes / 60:.2f}"
+
+
 def entry(manifest: dict) -> dict:
     """One shipped model's record, from its manifest (`results --ship` has added its test scores)."""
-    from maskmatch.results import cpu_hours
-
     training, metrics = manifest.get("training") or {}, manifest.get("metrics") or {}
     init = training.get("init") or {}
     device, minutes = training.get("device", "unknown"), float(training.get("minutes", 0.0))

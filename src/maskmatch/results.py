@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import shutil
 import statistics
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
+from maskmatch.history import cpu_hours
 
 SPLITS = ("2014", "2016", "2019")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"  # where --readme writes
@@ -59,14 +59,6 @@ def training_summary(run_dir: Path, manifest: dict) -> dict:
                           "images_per_s": round(statistics.median(rates), 1) if rates else None}
     training = manifest.get("training") or {}
     return {"device": training.get("device", "unknown"), "stages": summary}
-
-
-def cpu_hours(device: str, minutes: float) -> str:
-    """Core-hours of a CPU run from the manifest's device words ("CPU (2 threads)"); "-" for other devices."""
-    found = re.fullmatch(r"(?:(\d+) x )?CPU \((\d+) threads?\)", device)
-    if not found:
-        return "-"
-    return f"{int(found[1] or 1) * int(found[2]) * minutes / 60:.2f}"
 
 
 def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:

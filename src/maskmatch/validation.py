@@ -1,4 +1,4 @@
-"""`maskmatch validate` and `maskmatch average`: a model's ExpRate on its held-out slice, and checkpoint averaging.
+"""`maskmatch validate`, `average` and `calibrate`: what a model does on its held-out slice of the training split.
 
 `validate` decodes the held-out slice of the training split that the model was selected on (its manifest's
 data.val_size and val_seed) greedily, as `recognize` does (with the grammar), so models from different runs
@@ -6,7 +6,7 @@ compare by one protocol. `average` takes the mean of the EMA weights of a run's 
 averaging, as in Vaswani et al. 2017), which smooths the last stretch of a run beyond what the EMA alone
 does; the average inherits the manifest of the run's exported model (`--like`: config, vocabulary,
 preprocessing, training record), adds the averaged steps, and is validated beside `--like` by `validate`'s
-protocol.
+protocol. `calibrate` fits the 0-1 confidence of calibration.py on the slice and writes it into the manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 
 
@@ -31,9 +32,26 @@ def average_state(states: list[dict]) -> dict:
     return out
 
 
+def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
+    """The images and canonical reference tokens of a Recognizer's model's held-out validation slice of
+    root/train (the manifest's data.val_size and val_seed); UserError if the data is not the model's."""
+    from maskmatch.data.render import RenderConfig
+    from maskmatch.metrics import canonical
+    from maskmatch.train.data import held_out_split, open_split
+
+    data = ((rec.manifest.get("training") or {}).get("config") or {}).get("data") or {}
+    cache = open_split(root, data.get("train_split", "train"))
+    if tuple(cache.vocabulary) != rec.vocabulary.symbols:
+        raise UserError(f"{root}: its vocabulary is not the model's")
+    if RenderConfig(**cache.render_config) != rec.render:
+        raise UserError(f"{root}: rendered at another scale than the model's; give the data it was trained on")
+    _, val = held_out_split(len(cache), int(data.get("val_size", 300)), int(data.get("val_seed", 0)), cache.expressions)
+    images = [cache[int(i)][0] for i in val]
+    return images, [canonical(rec.vocabulary.decode(cache[int(i)][1].tolist())) for i in val]
+
+
 def held_out_exprate(rec, data: Path) -> tuple[float, int]:
     """Greedy ExpRate (%) of a Recognizer on its model's held-out slice of data/train, and the slice's size."""
-    from maskmatch.calibration import held_out_slice
     from maskmatch.inference_commands import size_batches
     from maskmatch.metrics import canonical
 
@@ -43,6 +61,55 @@ def held_out_exprate(rec, data: Path) -> tuple[float, int]:
         for j, r in zip(batch, rec.decode([images[j] for j in batch], 1)):
             right += canonical(r.latex) == references[j]
     return 100.0 * right / max(len(images), 1), len(images)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from maskmatch.calibration import METHOD, fit_logistic, reliability
+    from maskmatch.inference_commands import size_batches
+    from maskmatch.metrics import canonical
+    from maskmatch.recognizer import Recognizer
+    from maskmatch.weights import manifest_path, read_manifest, write_manifest
+
+    try:
+        rec = Recognizer.load(args.model, args.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    images, references = held_out_slice(rec, Path(args.data))
+    fits, tables = {}, []
+    for decoding, beam in (("greedy", 1), ("beam", args.beam)):
+        scores = np.zeros(len(images))
+        correct = np.zeros(len(images), bool)
+        for batch in size_batches(images, args.batch_size):
+            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam)):
+                scores[j], correct[j] = r.score, canonical(r.latex) == references[j]
+        a, b = fit_logistic(scores, correct)
+        fits[decoding] = {"a": round(a, 6), "b": round(b, 6), **({"beam_size": beam} if beam > 1 else {})}
+        confidences = 1.0 / (1.0 + np.exp(-(a * scores + b)))
+        rows, ece = reliability(confidences, correct)
+        tables.append(_table(decoding if beam == 1 else f"beam {beam}", rows, ece, correct))
+        print(tables[-1], flush=True)
+    command = shlex.join(["maskmatch", "calibrate", "--model", args.model, "--data", args.data, "--out", args.out]
+                         + (["--beam", str(args.beam)] if args.beam != 10 else []))
+    manifest = read_manifest(args.model)
+    manifest["calibration"] = {"method": METHOD, "images": len(images), **fits, "command": command}
+    write_manifest(args.model, manifest)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"# Confidence calibration\n\nMade by `{command}`; do not edit by hand.\n\nMethod: {METHOD} "
+            f"({len(images)} images). Each table bins the answers by confidence.\n\n" + "\n\n".join(tables) + "\n")
+    (out / "calibration.md").write_text(text, "utf-8")
+    print(f"wrote the calibration into {manifest_path(args.model)} and {out}/calibration.md")
+    return 0
+
+
+def _table(decoding: str, rows: list[dict], ece: float, correct) -> str:
+    lines = [f"{decoding}: {100 * correct.mean():.2f}% exactly right; expected calibration error {ece:.3f}", "",
+             "| confidence | answers | mean confidence | share right |", "|---|---|---|---|"]
+    lines += [f"| {r['low']:.1f}-{r['high']:.1f} | {r['n']} | {r['confidence']:.3f} | {r['accuracy']:.3f} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 def _average(args: argparse.Namespace) -> int:
@@ -112,3 +179,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data the run trained on")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="where the average goes (.safetensors)")
     p.set_defaults(run=_average)
+
+    c = commands.add_parser("calibrate", help="fit the 0-1 confidence of a model on its held-out slice")
+    c.add_argument("--model", required=True, metavar="PATH", help="weights (.safetensors); its manifest is updated")
+    c.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data it was trained on")
+    c.add_argument("--out", default="results", metavar="DIR", help="where calibration.md goes (default results)")
+    c.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
+    c.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default 16")
+    c.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    c.set_defaults(run=_calibrate)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from maskmatch import __version__
+from maskmatch.version import __version__
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import SPECIALS, Vocabulary
 from maskmatch.files import write_atomic

@@ -80,6 +80,29 @@ class VariantDataset(CacheDataset):
         return np.maximum(super().sizes, extra.max(axis=1)) if self.count else super().sizes
 
 
+NO_LABEL = np.zeros(0, dtype=np.int64)
+
+
+class ImageDataset(Dataset):
+    """Items (position, image uint8 (H, W), no token ids) of some images of a label-free cache (stages 1 and 2).
+
+    Keys may be positions or finetune's (position, scale) pairs, whose scale is always 1 here."""
+
+    def __init__(self, cache: Cache, indices: np.ndarray):
+        self.cache, self.indices = cache, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key) -> tuple[int, np.ndarray, np.ndarray]:
+        position = key[0] if isinstance(key, tuple) else key
+        return position, self.cache.image(int(self.indices[position])), NO_LABEL
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.cache.sizes[self.indices]  # (N, 2)
+
+
 def collate(items: list[tuple[int, np.ndarray, np.ndarray]]) -> Batch:
     """Pads images at the bottom and right with background, token lists with PAD."""
     height = max(image.shape[0] for _, image, _ in items)

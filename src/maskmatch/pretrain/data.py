@@ -11,37 +11,14 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from maskmatch.data.batching import BucketBatchSampler, collate
+from maskmatch.data.batching import BucketBatchSampler, ImageDataset, collate
 from maskmatch.data.cache import Cache
 from maskmatch.errors import UserError
 from maskmatch.pretrain.config import PretrainDataConfig, ViewConfig
 from maskmatch.pretrain.views import largest_view
 from maskmatch.train.data import ResumableLoader, TrainBatches, held_out_split, open_split
-
-NO_LABEL = np.zeros(0, dtype=np.int64)
-
-
-class ImageDataset(Dataset):
-    """Items (position, image uint8 (H, W), no token ids) of some images of a label-free cache.
-
-    Keys may be positions or finetune's (position, scale) pairs, whose scale is always 1 here."""
-
-    def __init__(self, cache: Cache, indices: np.ndarray):
-        self.cache, self.indices = cache, np.asarray(indices, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key) -> tuple[int, np.ndarray, np.ndarray]:
-        position = key[0] if isinstance(key, tuple) else key
-        return position, self.cache.image(int(self.indices[position])), NO_LABEL
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self.cache.sizes[self.indices]  # (N, 2)
-
 
 class PretrainData(L.LightningDataModule):
     """All training images less the held-out slice (the same as finetune's for the same val_size and val_seed)."""

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from maskmatch import __version__
+from maskmatch.version import __version__
 from maskmatch.config import from_dict, to_dict
 from maskmatch.data.batching import Batch
 from maskmatch.model.config import ModelConfig

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from maskmatch.data.batching import BucketBatchSampler, CacheDataset, VariantDataset, collate
+from maskmatch.data.batching import BucketBatchSampler, CacheDataset, ImageDataset, VariantDataset, collate
 from maskmatch.data.cache import Cache
 from maskmatch.data.variants import FOLDER as VARIANTS
 from maskmatch.errors import UserError
@@ -183,8 +183,6 @@ class FinetuneData(L.LightningDataModule):
             train = label_subset(train, config.label_fraction, config.label_seed)
             self.train_set, self.val_set = self._train_set(train), CacheDataset(self.cache, val)
         else:
-            from maskmatch.pretrain.data import ImageDataset  # here: pretrain.data imports this module
-
             self.train_set, self.val_set = ImageDataset(self.cache, train), ImageDataset(self.cache, val)
         render = self.cache.render_config
         self.max_height, self.max_width = int(render.get("max_height", 10**9)), int(render.get("max_width", 10**9))

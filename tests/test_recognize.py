@@ -300,7 +300,7 @@ def test_evaluate_scoring_with_a_decoder_told_the_references(model_path, tmp_pat
     answer[images["x2"].tobytes()] = "x^2"  # canonical-equal spelling: exact, but not raw-exact
     seen = []
 
-    def decode(self, batch, beam_size=10):
+    def decode(self, batch, beam_size=10, attention=False, n_best=1):
         seen.append(len(batch))
         return [Recognition(answer[image.tobytes()], answer[image.tobytes()].split(), 0.0, 1.0) for image in batch]
 

@@ -101,10 +101,7 @@ def _recognize(args: argparse.Namespace) -> int:
                 continue
             entries.append((path, len(images) - 1))
             spent.append(1000 * (time.perf_counter() - start))
-        results = [None] * len(images)
-        for batch in size_batches(images, args.batch_size):
-            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam, n_best=args.n_best)):
-                results[j] = r
+        results = decode_batched(rec, images, beam, args.batch_size, n_best=args.n_best)
         for path, found in entries:
             if isinstance(found, str):  # with --json, in the stream of answers, so that their reader sees it
                 if args.json:
@@ -123,6 +120,20 @@ def _recognize(args: argparse.Namespace) -> int:
                 print("\t".join([path, *(formatted(a.tokens, args.format) for a in r.alternatives)]))
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def decode_batched(rec, images: list, beam: int, batch_size: int, n_best: int = 1,
+                   progress: str | None = None) -> list:
+    """Recognitions of normalized images, in their order, decoded in batches of like size (`size_batches`);
+    progress: a label for a progress bar on stderr (None: no bar)."""
+    from tqdm import tqdm
+
+    results = [None] * len(images)
+    plan = size_batches(images, batch_size)
+    for batch in tqdm(plan, desc=progress, unit="batch", disable=None if progress else True, file=sys.stderr):
+        for j, r in zip(batch, rec.decode([images[j] for j in batch], beam, n_best=n_best)):
+            results[j] = r
+    return results
 
 
 def size_batches(images: list, batch_size: int) -> list[list[int]]:
@@ -156,8 +167,6 @@ def _prenormalized(folder: Path, render) -> bool:
 def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict, list[dict]]:
     """One offline split -> (scores as in the JSON file, per-expression rows). Unreadable images are
     reported on stderr and count as wrong (empty prediction)."""
-    from tqdm import tqdm
-
     from maskmatch.data.images import load_image
     from maskmatch.data.render import normalize_bitmap
     from maskmatch.data.source import offline_split
@@ -177,12 +186,9 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
             images[i] = image if as_is else normalize_bitmap(image, rec.render)
         except Exception as e:  # noqa: BLE001 - counted as wrong, not a crash
             print(f"{item.path}: {_reason(e)}; counted as wrong", file=sys.stderr)
-    order = list(images)
-    plan = size_batches([images[i] for i in order], batch_size)  # like sizes together
     predictions = [""] * len(split.items)
-    for batch in tqdm(plan, desc=folder.name, unit="batch", disable=None, file=sys.stderr):
-        for j, r in zip(batch, rec.decode([images[order[j]] for j in batch], beam)):
-            predictions[order[j]] = r.latex
+    for i, r in zip(images, decode_batched(rec, list(images.values()), beam, batch_size, progress=folder.name)):
+        predictions[i] = r.latex
     references = [item.caption for item in split.items]
     scores = expression_scores(predictions, references)
     seconds = time.perf_counter() - start

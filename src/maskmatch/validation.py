@@ -52,14 +52,11 @@ def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
 
 def held_out_exprate(rec, data: Path) -> tuple[float, int]:
     """Greedy ExpRate (%) of a Recognizer on its model's held-out slice of data/train, and the slice's size."""
-    from maskmatch.inference_commands import size_batches
+    from maskmatch.inference_commands import decode_batched
     from maskmatch.metrics import canonical
 
     images, references = held_out_slice(rec, data)
-    right = 0
-    for batch in size_batches(images, 16):
-        for j, r in zip(batch, rec.decode([images[j] for j in batch], 1)):
-            right += canonical(r.latex) == references[j]
+    right = sum(canonical(r.latex) == ref for r, ref in zip(decode_batched(rec, images, 1, 16), references))
     return 100.0 * right / max(len(images), 1), len(images)
 
 
@@ -67,7 +64,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from maskmatch.calibration import METHOD, fit_logistic, reliability
-    from maskmatch.inference_commands import size_batches
+    from maskmatch.inference_commands import decode_batched
     from maskmatch.metrics import canonical
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import manifest_path, read_manifest, write_manifest
@@ -79,11 +76,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     images, references = held_out_slice(rec, Path(args.data))
     fits, tables = {}, []
     for decoding, beam in (("greedy", 1), ("beam", args.beam)):
-        scores = np.zeros(len(images))
-        correct = np.zeros(len(images), bool)
-        for batch in size_batches(images, args.batch_size):
-            for j, r in zip(batch, rec.decode([images[j] for j in batch], beam)):
-                scores[j], correct[j] = r.score, canonical(r.latex) == references[j]
+        results = decode_batched(rec, images, beam, args.batch_size)
+        scores = np.array([r.score for r in results])
+        correct = np.array([canonical(r.latex) == ref for r, ref in zip(results, references)], bool)
         a, b = fit_logistic(scores, correct)
         fits[decoding] = {"a": round(a, 6), "b": round(b, 6), **({"beam_size": beam} if beam > 1 else {})}
         confidences = 1.0 / (1.0 + np.exp(-(a * scores + b)))

@@ -68,11 +68,9 @@ def draw_contact_sheet(split_dir: Path, out: Path, n: int = 24, seed: int = 0) -
 def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, seed: int = 0) -> None:
     """n random InkML files (seeded) of folder, searched recursively, one row each: the plain render, then
     `variants` distorted ones (variant v drawn from seed v), on the PNG out."""
-    from dataclasses import replace
-
-    from maskmatch.data.distort import distort, pen_width
     from maskmatch.data.inkml import InkmlError, read_inkml
     from maskmatch.data.render import RenderConfig, render_strokes
+    from maskmatch.data.variants import VariantConfig, render_variant
 
     files = sorted(Path(folder).rglob("*.inkml"))
     if not files:
@@ -93,11 +91,9 @@ def draw_variant_sheet(folder: Path, out: Path, n: int = 6, variants: int = 4, s
     draw = ImageDraw.Draw(sheet)
     for row, (name, ink) in enumerate(inks):
         y = GAP + row * (CELL_H + line_h + GAP)
-        symbols = [s.strokes for s in ink.symbols]
         for v in range(cols):
             x = GAP + v * (CELL_W + GAP)
-            render = base if v == 0 else replace(base, stroke_width=pen_width(base.stroke_width, seed=v))
-            image = render_strokes(ink.strokes if v == 0 else distort(ink.strokes, seed=v, symbols=symbols), render)
+            image = render_strokes(ink.strokes, base) if v == 0 else render_variant(ink, base, VariantConfig(), None, v)
             draw.rectangle((x, y, x + CELL_W - 1, y + CELL_H - 1), fill=200)
             sheet.paste(_fit_cell(Image.fromarray(image)), (x, y))
             label = name if v == 0 else f"variant {v}"

@@ -347,6 +347,19 @@ def test_recipes_table_from_the_runs_files(reference_run, tmp_path):
     assert "densenet g8 x [2, 2, 2]" in row and f"| {EPOCHS * STEPS_PER_EPOCH} |" in row
     assert f"| {last['val_loss']:.3f} |" in row and "one thread" in text and "maskmatch recipes" in text
     assert (tmp_path / "recipes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| scratch |" in row and "| plain |" in row
+    best = max(r["val_exprate"] for r in read_log(reference_run / "log.jsonl") if "val_exprate" in r)
+    assert row.endswith(f"| {best:.1f} |")
+
+
+def test_recipes_under_another_name(reference_run, tmp_path):
+    """--name and --title write another table (results/augmentation.md) and keep the command that made it."""
+    assert main(["recipes", str(reference_run), "--out", str(tmp_path), "--name", "augmentation",
+                 "--title", "Augmentation at equal time"]) == 0
+    text = (tmp_path / "augmentation.md").read_text("utf-8")
+    assert text.startswith("# Augmentation at equal time") and "--name augmentation" in text
+    assert "(augmentation.png)" in text and (tmp_path / "augmentation.png").is_file()
+    assert not (tmp_path / "recipes.md").exists()
 
 
 def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):

@@ -124,13 +124,25 @@ def folder_images(folder: Path, n: int, render) -> tuple[list, float]:
     return images, 1e3 * statistics.median(times)
 
 
-def load_model(path: str | None, preset: str, seed: int):
-    """(model in eval mode, render config, description): the weights at `path`, or a random model."""
+def load_model(path: str | None, preset: str, seed: int, threads: int | None = None):
+    """(model in eval mode, render config, description): the weights at `path`, an onnx export folder (run by
+    onnxruntime with `threads`), or a random model."""
     import torch
 
     from maskmatch.data.render import RenderConfig
     from maskmatch.model import HMERModel, ModelConfig
+    from maskmatch.onnx_model import is_export, load_onnx
 
+    if is_export(path):
+        import onnxruntime
+
+        from maskmatch.weights import render_config
+
+        try:
+            model, manifest = load_onnx(path, threads)
+            return model, render_config(manifest), f"{path} (onnxruntime {onnxruntime.__version__})"
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if path is None:
         torch.manual_seed(seed)
         config = ModelConfig.tiny() if preset == "tiny" else ModelConfig()
@@ -365,20 +377,41 @@ def run_benchmark(images: list, model, beam: int, batch: int, repeats: int, toke
 
     rates += matmul_rate(matmul_size, max(5, repeats))  # before and after: the machine's load changes
     results["matmul"] = {"size": matmul_size, "gflops": statistics.median(rates), "gflops_best": max(rates)}
-    flops = count_flops(model, *singles[representative], beam, tokens)
-    timed = results["latency"]
-    results["flops"] = {"greedy_tokens": flops["greedy_tokens"], "beam_tokens": flops["beam_tokens"]}
-    for part, ms in (("encoder", timed["greedy"]["representative"]["encoder_ms"]),
-                     ("greedy", timed["greedy"]["representative"]["search_ms"]),
-                     ("beam", timed["beam"]["representative"]["search_ms"])):
-        rate = flops[part] / 1e9 / (ms / 1e3)
-        results["flops"][part] = {"gflop": flops[part] / 1e9, "ms": ms, "gflops": rate,
-                                  "fraction_of_matmul": rate / results["matmul"]["gflops"]}
+    results["flops"] = None if is_onnx(model) else flop_rates(model, singles[representative], beam, tokens,
+                                                              results)
     results["load_average_after"] = load_average()
     own_after, everyone_after = cpu_seconds()
     results["other_processes_cores"] = None if everyone is None else max(
         0.0, (everyone_after - everyone - (own_after - own)) / (time.perf_counter() - start))
     return results
+
+
+def is_onnx(model) -> bool:
+    from maskmatch.onnx_model import OnnxModel
+
+    return isinstance(model, OnnxModel)
+
+
+def parameter_count(model) -> int:
+    """The model's parameters; an onnx export's are its torch model's (the same config)."""
+    from maskmatch.model import HMERModel
+
+    return sum(p.numel() for p in (HMERModel(model.config) if is_onnx(model) else model).parameters())
+
+
+def flop_rates(model, single, beam: int, tokens: int | None, results: dict) -> dict:
+    """FLOPs of the median-area expression and the rates its median times achieve (torch only: the counter
+    sees torch's operators)."""
+    flops = count_flops(model, *single, beam, tokens)
+    timed = results["latency"]
+    out = {"greedy_tokens": flops["greedy_tokens"], "beam_tokens": flops["beam_tokens"]}
+    for part, ms in (("encoder", timed["greedy"]["representative"]["encoder_ms"]),
+                     ("greedy", timed["greedy"]["representative"]["search_ms"]),
+                     ("beam", timed["beam"]["representative"]["search_ms"])):
+        rate = flops[part] / 1e9 / (ms / 1e3)
+        out[part] = {"gflop": flops[part] / 1e9, "ms": ms, "gflops": rate,
+                     "fraction_of_matmul": rate / results["matmul"]["gflops"]}
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -389,7 +422,8 @@ def format_report(r: dict) -> str:
     load = " -> ".join("?" if x is None else f"{x:.2f}" for x in (r["load_average_before"], r["load_average_after"]))
     images = r["images"]
     lines = [
-        f"maskmatch benchmark: CPU, {r['threads']} threads ({os.cpu_count()} cores), torch {r['torch']}",
+        f"maskmatch benchmark: CPU, {r['threads']} threads ({os.cpu_count()} cores), torch {r['torch']}"
+        + (", onnxruntime" if "onnxruntime" in r["model"] else ""),
         f"load: 1-minute load average {load} (before -> after; this run's threads count too)"
         + ("" if r["other_processes_cores"] is None else
            f"; other processes used {r['other_processes_cores']:.2f} cores during the run (/proc/stat)"),
@@ -432,6 +466,8 @@ def format_report(r: dict) -> str:
                f"padded pixels x{thr['padded_pixels_ratio']:.1f})")
     single("peak memory (process RSS, getrusage)", r["peak_rss_mib"],
            f"MiB ({r['peak_rss_mib_batch1']:.0f} after the batch-of-1 runs)", 0)
+    if fl is None:
+        return "\n".join(lines + ["", "FLOPs: counted for the torch runtime only (torch.utils.flop_counter)"])
     lines += ["", f"FLOPs of the median-area expression ({rep['height']}x{rep['width']} px), batch of 1 "
                   "(torch.utils.flop_counter, 2 per multiply-add; ms: its median time):",
               f"{'':28}{'GFLOP':>9}{'ms':>9}{'GFLOP/s':>9}{'of matmul':>11}"]
@@ -459,7 +495,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    model, render, description = load_model(args.model, args.preset, args.seed)
+    model, render, description = load_model(args.model, args.preset, args.seed, args.threads)
     tokens = args.tokens if args.tokens is not None else (None if args.model else CROHME_2014_MEDIAN_TOKENS)
     if args.images:
         images, preprocess_ms = folder_images(Path(args.images), args.n, render)
@@ -472,7 +508,7 @@ def _run(args: argparse.Namespace) -> int:
         "command": "maskmatch " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "model": description,
         "random_model": args.model is None,
-        "parameters": sum(p.numel() for p in model.parameters()), "tokens": tokens, "beam": args.beam,
+        "parameters": parameter_count(model), "tokens": tokens, "beam": args.beam,
         "batch": args.batch, "repeats": args.repeats,
         "environment": {k: os.environ[k] for k in TUNING_VARIABLES if k in os.environ},
         "images": {"count": len(images), "source": source, "preprocess_ms": preprocess_ms,
@@ -490,7 +526,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("benchmark", help="latency, throughput, memory and FLOPs on this machine's CPU",
                             description="Times the recognizer on this machine's CPU. Without --model a randomly "
                             "initialized model is timed, each expression forced to --tokens tokens.")
-    p.add_argument("--model", help="weights (.safetensors, with its .json manifest); default: a random model")
+    p.add_argument("--model", help="weights (.safetensors, with its .json manifest), or a folder of `maskmatch "
+                   "export --onnx` (timed with onnxruntime); default: a random model")
     p.add_argument("--images", metavar="DIR", help="time these images (the first N by name); "
                    "default: synthetic expressions of CROHME-like size")
     p.add_argument("--n", type=positive_int, default=20, help="expressions (default 20)")

@@ -20,6 +20,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.train.commands",  # finetune: stage 3
     "maskmatch.train.pipeline",  # train: all three stages
     "maskmatch.inference_commands",  # recognize, evaluate
+    "maskmatch.export",  # export --onnx
     "maskmatch.attention_command",  # attention: maps over an image
     "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results

@@ -29,7 +29,8 @@ def _recognizer(args: argparse.Namespace):
 
     limit_heap_growth()  # many batches in one process: see memory.py
     try:
-        return Recognizer.load(args.model, args.device, constrained=not getattr(args, "unconstrained", False))
+        return Recognizer.load(args.model, args.device, constrained=not getattr(args, "unconstrained", False),
+                               runtime=args.runtime)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -252,6 +253,9 @@ def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
                         help=f"images decoded together (default {batch_size})")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"),
+                        help="onnx: onnxruntime over a folder of `maskmatch export --onnx` given as --model "
+                        "(the default for such a folder; torch otherwise)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:

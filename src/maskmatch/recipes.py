@@ -1,9 +1,10 @@
 """`maskmatch recipes`: the equal-time comparison of finetune runs, from their own files, never typed.
 
 Each RUN_DIR is a `maskmatch finetune` run (config.yaml, log.jsonl). The table gives, per run, its recipe (the
-encoder, the render scale of its data), parameters, minutes, steps, its median training images/s, and its last
-validation on the held-out slice (token-level cross-entropy of the EMA model and greedy ExpRate); the figure
-draws each run's training loss against minutes. Writes OUT/recipes.md and OUT/recipes.png.
+encoder, the render scale of its data, plain renders or pre-rendered variants, the weights it started from),
+parameters, minutes, steps, its median training images/s, and its last validation on the held-out slice (token-level cross-entropy of the EMA model and greedy ExpRate) and its best
+validation ExpRate (the model a run exports); the figure draws each run's training loss against minutes. Writes
+OUT/recipes.md and OUT/recipes.png (or OUT/NAME.md and .png: `--name augmentation` for issue 12's table).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from maskmatch.errors import UserError
 
 SMOOTHING = 8  # log lines averaged in the figure
+NAME, TITLE = "recipes", "Recipes at equal time"
 
 
 def run_row(run_dir: Path) -> dict:
@@ -39,7 +41,10 @@ def run_row(run_dir: Path) -> dict:
     encoder = (f"resnet {list(m.stage_widths)} x {list(m.layers)}" if m.encoder == "resnet"
                else f"densenet g{m.growth_rate} x {list(m.layers)}")
     last = validations[-1] if validations else {}
+    best = max((r["val_exprate"] for r in validations), default=float("nan"))
     return {"run": run_dir.name, "encoder": encoder, "symbol_size": render.get("symbol_size"),
+            "data": training_data(config), "start": Path(config.init).name if config.init else "scratch",
+            "best_val_exprate": best,
             "parameters": sum(p.numel() for p in HMERModel(m).parameters()),
             "minutes": max((r.get("elapsed_s", 0) for r in records), default=0) / 60,
             "steps": max((r["step"] for r in records if "step" in r), default=0),
@@ -49,21 +54,33 @@ def run_row(run_dir: Path) -> dict:
             "curve": [(r["elapsed_s"] / 60, r["loss"]) for r in training if "elapsed_s" in r]}
 
 
-def markdown(rows: list[dict], command: str, note: str | None) -> str:
-    lines = ["# Recipes at equal time", "",
+def training_data(config) -> str:
+    """What an epoch shows: the plain renders, or one of K pre-rendered variants (data/variants.py) per expression."""
+    import json
+
+    if not config.data.variants:
+        return "plain"
+    meta = Path(config.data.root) / config.data.train_split / "variants" / "meta.json"
+    swaps = json.loads(meta.read_text("utf-8")).get("swap_share") if meta.is_file() else None
+    return f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
+
+
+def markdown(rows: list[dict], command: str, note: str | None, title: str = TITLE,
+             figure: str = "recipes.png") -> str:
+    lines = [f"# {title}", "",
              f"Made by `{command}`; do not edit by hand. Every run trained for the same wall-clock budget on this "
              "machine (see each run's minutes), validated on the held-out slice of train (whole expressions; "
              "token cross-entropy of the EMA weights, teacher-forced in both directions, and greedy ExpRate); "
              "sorted by validation loss.", *(["", note] if note else []), "",
-             "| run | encoder | symbol px | parameters | minutes | steps | training images/s (median) "
-             "| validation loss | validation ExpRate (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | start | encoder | symbol px | training data | parameters | minutes | steps "
+             "| training images/s (median) | validation loss | validation ExpRate (%) | best validation ExpRate (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["val_loss"]):
         scale = "?" if r["symbol_size"] is None else f"{r['symbol_size']:g}"  # its data folder is gone
-        lines.append(f"| {r['run']} | {r['encoder']} | {scale} | {r['parameters'] / 1e6:.2f} M "
-                     f"| {r['minutes']:.1f} | {r['steps']} | {r['images_per_s']:.1f} | {r['val_loss']:.3f} "
-                     f"| {r['val_exprate']:.1f} |")
-    lines += ["", "![training loss against minutes](recipes.png)", ""]
+        lines.append(f"| {r['run']} | {r['start']} | {r['encoder']} | {scale} | {r['data']} "
+                     f"| {r['parameters'] / 1e6:.2f} M | {r['minutes']:.1f} | {r['steps']} | {r['images_per_s']:.1f} "
+                     f"| {r['val_loss']:.3f} | {r['val_exprate']:.1f} | {r['best_val_exprate']:.1f} |")
+    lines += ["", f"![training loss against minutes]({figure})", ""]
     return "\n".join(lines)
 
 
@@ -94,10 +111,13 @@ def _recipes(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["maskmatch", "recipes", *args.run_dirs, "--out", args.out,
+                          *(["--name", args.name] if args.name != NAME else []),
+                          *(["--title", args.title] if args.title != TITLE else []),
                           *(["--note", args.note] if args.note else [])])
-    (out / "recipes.md").write_text(markdown(rows, command, args.note), "utf-8")
-    plot(rows, out / "recipes.png")
-    print(f"wrote {out / 'recipes.md'} and {out / 'recipes.png'}")
+    text, figure = out / f"{args.name}.md", out / f"{args.name}.png"
+    text.write_text(markdown(rows, command, args.note, args.title, figure.name), "utf-8")
+    plot(rows, figure)
+    print(f"wrote {text} and {figure}")
     return 0
 
 
@@ -106,5 +126,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                             description=__doc__.split("\n\n")[1])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finetune runs trained for the same minutes")
     p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")
+    p.add_argument("--name", default=NAME, metavar="NAME", help=f"OUT/NAME.md and OUT/NAME.png (default {NAME})")
+    p.add_argument("--title", default=TITLE, help=f"the table's heading (default {TITLE!r})")
     p.add_argument("--note", help="a sentence on how the runs were made (threads, side by side), printed as given")
     p.set_defaults(run=_recipes)

@@ -29,9 +29,11 @@ from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
 from maskmatch.model import HMERModel, LatexGrammar
+from maskmatch.onnx_model import OnnxModel, is_export, load_onnx
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
 SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -69,7 +71,7 @@ class Recognizer:
     Bad input raises ValueError with a one-line reason.
     """
 
-    def __init__(self, model: HMERModel, vocabulary: Vocabulary, render: RenderConfig,
+    def __init__(self, model: HMERModel | OnnxModel, vocabulary: Vocabulary, render: RenderConfig,
                  manifest: dict | None = None, device: str | torch.device = "cpu", constrained: bool = True):
         if len(vocabulary) != model.config.vocab_size:
             raise ValueError(f"vocabulary of {len(vocabulary)} symbols for a model of vocab_size {model.config.vocab_size}")
@@ -81,10 +83,24 @@ class Recognizer:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device | None = None,
-             constrained: bool = True) -> "Recognizer":
+             constrained: bool = True, runtime: str | None = None) -> "Recognizer":
         """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package.
         device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's).
-        constrained=False decodes without the LaTeX grammar (for measuring what it changes)."""
+        constrained=False decodes without the LaTeX grammar (for measuring what it changes).
+        runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps);
+        None: onnx for such a folder, torch otherwise."""
+        runtime = runtime or ("onnx" if is_export(path) else "torch")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if runtime == "onnx":
+            if not is_export(path):
+                raise ValueError("the onnx runtime reads an export folder: maskmatch export --onnx --out DIR, "
+                                 "then --model DIR")
+            model, manifest = load_onnx(path)
+            return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest,
+                       "cpu" if device is None else device, constrained)
+        if is_export(path):
+            raise ValueError(f"{path}: an onnx export; run it with the onnx runtime (--runtime onnx)")
         device = resolve_device(device)
         if path is None:
             shipped = resources.files("maskmatch").joinpath("assets", SHIPPED)
@@ -147,6 +163,8 @@ class Recognizer:
             raise ValueError(f"beam_size must be at least 1 (1 is greedy), got {beam_size}")
         if n_best < 1:
             raise ValueError(f"n_best must be at least 1, got {n_best}")
+        if attention and isinstance(self.model, OnnxModel):
+            raise ValueError("attention maps need the torch runtime (--runtime torch)")
         if not images:
             return []
         start = time.perf_counter()

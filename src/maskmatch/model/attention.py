@@ -16,6 +16,7 @@ Fusion (ModelConfig.fusion), applied by HMERModel.encode to make the decoder's m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskmatch.model.config import ModelConfig
@@ -83,14 +84,12 @@ class TokenFusion(nn.Module):
         with r = ceil(K / w): cell (h + k // w, k % w) holds token k; the r * w - K cells after them are padding."""
         B, h, w, d = features.shape
         K = embeddings.shape[1]
-        r = -(-K // w)
+        pad = (w - K % w) % w  # empty cells after the tokens, in their last row (shape arithmetic: ONNX-traceable)
         tokens = self.norm(self.proj(embeddings) + self.slot).to(features.dtype)  # (B, K, d)
-        rows = features.new_zeros(B, r * w, d)
-        rows[:, :K] = tokens
-        rows_mask = torch.ones(B, r * w, dtype=torch.bool, device=feature_mask.device)
-        rows_mask[:, :K] = False
-        return (torch.cat((features, rows.view(B, r, w, d)), 1),  # (B, h + r, w, d)
-                torch.cat((feature_mask, rows_mask.view(B, r, w)), 1))  # (B, h + r, w)
+        rows = F.pad(tokens, (0, 0, 0, pad))  # (B, r * w, d)
+        rows_mask = (torch.arange(K + pad, device=feature_mask.device) >= K).expand(B, -1)  # (B, r * w)
+        return (torch.cat((features, rows.view(B, -1, w, d)), 1),  # (B, h + r, w, d)
+                torch.cat((feature_mask, rows_mask.reshape(B, -1, w)), 1))  # (B, h + r, w)
 
 
 def build_fusion(config: ModelConfig) -> nn.Module | None:

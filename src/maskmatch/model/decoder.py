@@ -43,6 +43,15 @@ def bidirectional_targets(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[
     return torch.cat((l2r_in, r2l_in)), torch.cat((l2r_out, r2l_out))
 
 
+def entry_runs(owners: list[int]) -> tuple[list[int], int]:
+    """Row owners -> (entries, group): owners is each of entries repeated group times in a row, or group is 1."""
+    group = len(owners) // len(set(owners)) if owners else 1
+    entries = owners[::group]
+    if owners != [e for e in entries for _ in range(group)]:
+        return owners, 1
+    return entries, group
+
+
 @dataclass
 class DecoderCache:
     """Keys and values of N sequences decoded over E = N / group memories (images): rows n*group ..
@@ -53,6 +62,10 @@ class DecoderCache:
     self_kv: list[KV | None]  # per layer: self-attention keys and values of tokens so far (N, nhead, t, hd)
     length: int = 0  # tokens decoded so far: the position of the next one
     group: int = 1  # rows per memory entry
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory_kv[0][0].device
 
     def reorder(self, rows: torch.Tensor, group: int | None = None) -> None:
         """Row i takes the token history of row rows[i] (N',). N' may differ from N (an image's one start row
@@ -79,11 +92,8 @@ class DecoderCache:
     def for_entries(self, owners: list[int]) -> "DecoderCache":
         """An empty cache (no tokens yet) for len(owners) new rows, row i reading memory entry owners[i] of this
         one (e.g. an image's candidates, rescored). Grouped, not copied per row, when owners come in equal runs."""
-        group = len(owners) // len(set(owners)) if owners else 1
-        entries = owners[::group]
-        if owners != [e for e in entries for _ in range(group)]:
-            entries, group = owners, 1
-        index = torch.tensor(entries, dtype=torch.long, device=self.memory_kv[0][0].device)
+        entries, group = entry_runs(owners)
+        index = torch.tensor(entries, dtype=torch.long, device=self.device)
         return DecoderCache([(k[index], v[index]) for k, v in self.memory_kv],
                             None if self.memory_mask is None else self.memory_mask[index],
                             [None] * len(self.self_kv), 0, group)
@@ -153,7 +163,7 @@ class DecoderLayer(nn.Module):
         T = x.shape[1]
         h = self.norm1(x) if self.norm_first else x
         k, v = self.self_attn.keys_values(h)  # (N, nh, T, hd)
-        mask, causal = None, past is None and T > 1
+        mask, causal = None, past is None  # causal holds for a single query too
         if past is not None:
             k, v = torch.cat((past[0], k), 2), torch.cat((past[1], v), 2)  # (N, nh, t+T, hd)
             if T > 1:

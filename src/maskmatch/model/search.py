@@ -92,7 +92,7 @@ def cached_sequence_logprob(decoder: Decoder, cache: DecoderCache, ids: list[lis
     """`sequence_logprob` over an empty cache whose row m reads the memory of ids[m] (the memory keys and
     values of beam search, reused: see `DecoderCache.for_entries`) -> (M,)."""
     M = len(ids)
-    tokens, lengths = _token_rows(ids, cache.memory_kv[0][0].device)
+    tokens, lengths = _token_rows(ids, cache.device)
     inputs, targets = bidirectional_targets(tokens, lengths)  # (2M, L+1)
     half = slice(0, M) if direction == "l2r" else slice(M, 2 * M)
     inputs, targets = inputs[half], targets[half]  # (M, L+1)

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from maskmatch.cli_args import positive_int
+from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
 from maskmatch.serve.local import LOOPBACK
 
@@ -83,6 +83,13 @@ def _load(args: argparse.Namespace) -> int:
     from maskmatch.serve.load import format_result, image_body, load_test, loopback, strokes_body
     from maskmatch.serve.server import BackgroundServer
 
+    if args.url:
+        try:
+            loopback(args.url)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if args.soak is not None:
+        return _soak(args)
     if args.image:
         try:
             body, kind = image_body(Path(args.image).read_bytes(), Path(args.image).name)
@@ -91,10 +98,6 @@ def _load(args: argparse.Namespace) -> int:
     else:
         body, kind = strokes_body(), "application/json"
     if args.url:
-        try:
-            loopback(args.url)
-        except ValueError as e:
-            raise UserError(str(e)) from None
         result = load_test(args.url, body, kind, args.requests, args.concurrency)
         what = f"server {args.url}"
     else:
@@ -106,6 +109,36 @@ def _load(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", "utf-8")
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from maskmatch.serve.server import BackgroundServer
+    from maskmatch.serve.soak import format_soak, soak
+
+    try:
+        image = Path(args.image).read_bytes() if args.image else next(
+            p for p in sorted(Path(str(resources.files("maskmatch").joinpath("assets", "examples", "img"))).iterdir())
+            if p.suffix == ".png").read_bytes()
+    except OSError as e:
+        raise UserError(f"{args.image}: {e.strerror}") from None
+    decoding = "greedy" if args.beam == 1 else f"beam {args.beam}"
+    if args.url:
+        result, what = soak(args.url, args.soak, image, args.concurrency, rss=None), f"server {args.url}"
+    else:
+        with BackgroundServer(_app(args)) as url:
+            result = soak(url, args.soak, image, args.concurrency)
+        what = (f"in-process server at {url}, model {args.model or 'shipped'}, {decoding}, {args.workers} worker(s), "
+                f"queue {args.queue}")
+    text = format_soak(result, what)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+    if args.markdown:
+        command = "maskmatch " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["serve-load"] else "maskmatch serve-load"
+        Path(args.markdown).write_text(f"# Soak\n\nMade by `{command}`; do not edit by hand.\n\n{text}\n", "utf-8")
+    return 0 if result["server_errors"] == 0 and result["unexpected"] == 0 else 1
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -140,4 +173,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="requests in flight at once (default 8)")
     load.add_argument("--image", metavar="PATH", help="post this image (multipart) instead of the sample strokes")
     load.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    load.add_argument("--soak", type=positive_float, metavar="MINUTES",
+                      help="instead: a mix of good, bad and oversized requests for this long, -c at a time "
+                      "(--image: the good upload; default a bundled example); exit 1 on any 5xx or unexpected answer")
+    load.add_argument("--markdown", metavar="FILE", help="with --soak: write the table as Markdown")
     load.set_defaults(run=_load)

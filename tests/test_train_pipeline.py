@@ -65,6 +65,17 @@ def test_skipping_stages_starts_stage_3_from_what_ran(data_root, tmp_path):
     assert json.loads((out / "train.json").read_text("utf-8"))["stages"] == ["pretrain", "finetune"]
 
 
+def test_without_fusion_stage_3_starts_from_stage_2s_encoder(data_root, tmp_path):
+    """Arm C with fusion none (issue 13): stage 2's hand-off less its attention network reaches stage 3."""
+    out = tmp_path / "s2-none"
+    assert main(train_args(data_root, out, "--skip-stage1", "--set", "model.fusion=none")) == 0
+    encoder = out / "attend" / "encoder.safetensors"
+    assert read_manifest(encoder)["modules"] == ["encoder"]
+    assert read_manifest(out / "attend" / "attend.safetensors")["modules"] == ["attention", "encoder"]
+    assert yaml.safe_load((out / "finetune" / "config.yaml").read_text("utf-8"))["init"] == str(encoder)
+    assert Recognizer.load(out / "model.safetensors").model.attention is None
+
+
 def test_budget_split_and_overrides_route_to_stages():
     values = yaml.safe_load(PRESET.read_text("utf-8"))
     split, configs = stage_configs(values, ["model.fusion=tokens", "finetune.optim.lr=1e-3", "budget_split.attend=0.4"])
@@ -74,7 +85,6 @@ def test_budget_split_and_overrides_route_to_stages():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "model.fusion=none"], "set model.fusion=gate or tokens"),
     (["--set", "decoder.x=1"], "keys start with model."),
     (["--set", "budget_split.pretrain=-1"], "non-negative"),
 ])
@@ -82,3 +92,18 @@ def test_config_mistakes_are_one_line(data_root, tmp_path, capsys, extra, messag
     assert main(train_args(data_root, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_cpu_is_the_cpu_stage_presets_together():
+    """train-cpu's sections are pretrain-cpu, attend-cpu and cpu less their model, and its model is cpu's with a
+    fusion: the ablation's arms and the standalone stages train the same thing."""
+    presets = PRESET.parent
+    load = lambda name: yaml.safe_load((presets / f"{name}.yaml").read_text("utf-8"))  # noqa: E731
+    together = load("train-cpu")
+    for section, preset in (("pretrain", "pretrain-cpu"), ("attend", "attend-cpu"), ("finetune", "cpu")):
+        alone = load(preset)
+        assert together[section] == {k: v for k, v in alone.items() if k != "model"}, section
+        assert {k: v for k, v in alone["model"].items() if k != "attention_maps"} == \
+            {k: v for k, v in together["model"].items() if k not in ("fusion", "attention_maps")}, preset
+    _, configs = stage_configs(together, [])
+    assert configs["finetune"].model.fusion == "gate" and configs["finetune"].model.encoder == "resnet"

@@ -187,6 +187,24 @@ def init_from_weights(model: HMERModel, path: str | Path) -> dict:
     return manifest
 
 
+def extract_modules(source: str | Path, target: str | Path, modules: list[str]) -> None:
+    """A hand-off file of some of `source`'s top-level modules (e.g. stage 2's encoder without its attention
+    network, for a model with no fusion): the same tensors and manifest, "modules" and sha256 rewritten."""
+    source = Path(source)
+    manifest = read_manifest(source)
+    tensors = _read_tensors(source, manifest)
+    kept = {k: v for k, v in tensors.items() if _module(k) in modules}
+    if {_module(k) for k in kept} != set(modules):
+        raise ValueError(f"{source}: holds {sorted({_module(k) for k in tensors})}, not all of {sorted(modules)}")
+    data = save_safetensors(kept, metadata={"format": "pt", FORMAT: str(FORMAT_VERSION)})
+    weights = {**manifest["weights"], "file": Path(target).name, "sha256": hashlib.sha256(data).hexdigest(),
+               "parameters": sum(v.numel() for v in kept.values() if v.is_floating_point())}
+    text = _manifest_text({**manifest, "weights": weights, PARTIAL: sorted(modules),
+                           "extracted_from": {"file": source.name, "sha256": manifest["weights"]["sha256"]}})
+    write_atomic(Path(target), lambda f: f.write(data))
+    write_atomic(manifest_path(target), lambda f: f.write(text.encode("utf-8")))
+
+
 def _read_tensors(path: Path, manifest: dict) -> dict[str, torch.Tensor]:
     """The tensors of weights file `path`, checked against the manifest's sha256; never unpickles."""
     try:

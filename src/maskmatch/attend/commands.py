@@ -8,7 +8,7 @@ import time
 
 from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
 
-PRESETS = ("attend-tiny", "attend-small", "attend-crohme")
+PRESETS = ("attend-tiny", "attend-small", "attend-cpu", "attend-crohme")
 # best.ckpt: the highest share of masked held-out images whose student embeddings find their own image's teacher
 # embedding among the batch's. It rises only with embeddings that tell images apart despite the hiding, where
 # val_loss also falls when the teacher's targets collapse or the regularizers are traded against the match.

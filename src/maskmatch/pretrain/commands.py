@@ -10,7 +10,7 @@ from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 from maskmatch.train.runner import Run, Stage, add_run_options, load_config, manifest_training, run_stage
 
-PRESETS = ("pretrain-tiny", "pretrain-small", "pretrain-crohme")
+PRESETS = ("pretrain-tiny", "pretrain-small", "pretrain-cpu", "pretrain-crohme")
 MONITOR, MODE = "val_loss", "min"  # best.ckpt: the lowest loss on the held-out slice's fixed views
 PANELS = ((("loss", "loss_global", "loss_local"), "training loss"), (("lr",), "learning rate"),
           (("val_loss", "val_global", "val_local"), "held-out loss (fixed views)"),

@@ -6,6 +6,9 @@ runs as its own command would, in RUN_DIR/<stage>/, starting from the weights th
 
     pretrain -> pretrain/encoder.safetensors -> attend -> attend/attend.safetensors -> finetune -> model.safetensors
 
+With model.fusion none, stage 3 has no module for stage 2's attention network: it starts from the encoder
+that stage 2 trained (attend/encoder.safetensors, cut from attend.safetensors).
+
 A stage's time is its share of what is left when it starts, so time a stage leaves unused goes to the
 stages after it. `--resume` skips the stages that exported their weights, resumes the one that has a
 last.ckpt, and starts the rest. RUN_DIR/model.safetensors is the final model in the shipped-weights
@@ -28,8 +31,9 @@ from maskmatch.errors import UserError
 
 STAGES = ("pretrain", "attend", "finetune")
 EXPORTS = {"pretrain": "encoder.safetensors", "attend": "attend.safetensors", "finetune": "model.safetensors"}
-PRESETS = ("train-tiny", "train-small", "train-crohme")
+PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
 STATE = "train.json"  # the seconds each stage has spent, kept across sessions
+ENCODER_ONLY = "encoder.safetensors"  # beside attend.safetensors: its encoder alone (fusion none)
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,6 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} is not empty: add --resume to continue its run, or choose another --out")
     split, configs, _ = _load(args, run_dir)
     stages = _stages(args, run_dir)
-    if "attend" in stages and configs["finetune"].model.fusion == "none":
-        raise UserError("stage 2's attention reaches stage 3 only through a fusion: set model.fusion=gate or "
-                        "tokens, or skip stage 2 (--skip-stage2)")
     run_dir.mkdir(parents=True, exist_ok=True)
     state = _state(run_dir) if args.resume else {}
     budget = args.time_budget if args.time_budget is not None else state.get("time_budget")
@@ -168,6 +169,9 @@ def _train(args: argparse.Namespace) -> int:
             continue
         argv = [stage, "--out", str(folder), f"--devices={args.devices}", f"--nodes={args.nodes}",
                 f"--accelerator={args.accelerator}"] + (["--quiet"] if args.quiet else [])
+        if stage == "finetune" and previous is not None and previous.name == EXPORTS["attend"] \
+                and configs["finetune"].model.fusion == "none":
+            previous = encoder_only(previous)
         if (folder / "last.ckpt").is_file():
             argv.append("--resume")
         else:
@@ -194,6 +198,21 @@ def _train(args: argparse.Namespace) -> int:
     minutes = ", ".join(f"{s} {state['seconds'][s] / 60:.1f} min" for s in stages if s in state["seconds"])
     print(f"train: wrote {final} (+ .json): {minutes}")
     return 0
+
+
+def encoder_only(attend_export: Path) -> Path:
+    """Stage 2's hand-off less its attention network, for a stage 3 without fusion (model.fusion none): the
+    encoder that stage 2 trained is what reaches it."""
+    from maskmatch.weights import extract_modules
+
+    target = attend_export.with_name(ENCODER_ONLY)
+    if not target.is_file():
+        try:
+            extract_modules(attend_export, target, ["encoder"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    print(f"train: fusion none: stage 3 starts from stage 2's encoder alone ({target})", flush=True)
+    return target
 
 
 def _export(run_dir: Path, stages: list[str], state: dict) -> Path:

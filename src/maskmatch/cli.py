@@ -19,6 +19,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.attend.commands",  # attend: stage 2
     "maskmatch.train.commands",  # finetune: stage 3
     "maskmatch.train.pipeline",  # train: all three stages
+    "maskmatch.ablation",  # ablation: does Mask & Match pay, at equal budget
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.export",  # export --onnx
     "maskmatch.attention_command",  # attention: maps over an image

@@ -1,0 +1,246 @@
+"""`maskmatch ablation`: does Mask & Match pay? Every arm trained by `maskmatch train` for the same minutes,
+selected on the held-out slice only, then reported in OUT/ablation.md (issue 13).
+
+Arms (each at every --labels fraction of the labelled images; stages 1 and 2 always see every image):
+    A         stage 3 only (supervised)                       --skip-stage1 --skip-stage2, fusion none
+    B         stage 1, then stage 3                           --skip-stage2, fusion none
+    C-none    stages 1, 2, 3; stage 3 starts from stage 2's encoder alone (fusion none)
+    C-gate    stages 1, 2, 3 with gate fusion
+    C-tokens  stages 1, 2, 3 with token fusion
+Each run goes to RUN_ROOT/ARM-labelsPP-seedS; a finished run (its model.safetensors) is kept, a started one is
+resumed, so the ablation can span sessions. `--parallel N` trains N arms at once, each on cores / N threads
+(side by side, as results/recipes.md's runs, so they share the machine alike). The report decodes each arm's
+model greedily, as `maskmatch validate` does, on its held-out slice and on the test splits found in --data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from maskmatch.cli_args import positive_float, positive_int
+from maskmatch.errors import UserError
+
+ARMS = {
+    "A": (["--skip-stage1", "--skip-stage2"], "none"),
+    "B": (["--skip-stage2"], "none"),
+    "C-none": ([], "none"),
+    "C-gate": ([], "gate"),
+    "C-tokens": ([], "tokens"),
+}
+TESTS = ("2014", "2016", "2019")
+
+
+def run_name(arm: str, labels: float, seed: int) -> str:
+    return f"{arm}-labels{round(100 * labels):03d}-seed{seed}"
+
+
+def train_argv(arm: str, labels: float, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
+    """The `maskmatch train` arguments of one arm (a fresh run, or --resume of a started one)."""
+    if (out / "train.json").is_file():
+        return ["train", "--out", str(out), "--resume", "--quiet"]
+    flags, fusion = ARMS[arm]
+    sets = [f"model.fusion={fusion}", f"finetune.data.label_fraction={labels}"]
+    sets += [f"{stage}.trainer.seed={seed}" for stage in ("pretrain", "attend", "finetune")]
+    return ["train", "--preset", args.preset, "--data", args.data, "--out", str(out), "--time-budget",
+            f"{60 * args.budget:.0f}", "--quiet", *flags, *[w for s in sets + args.overrides for w in ("--set", s)]]
+
+
+def run_arms(args: argparse.Namespace) -> list[Path]:
+    """Trains every (labels, arm, seed) not yet finished, --parallel at a time -> their run folders."""
+    root = Path(args.out)
+    jobs = [(arm, labels, seed) for labels in args.labels for arm in args.arms for seed in range(args.seeds)]
+    folders = [root / run_name(*job) for job in jobs]
+    todo = [(job, folder) for job, folder in zip(jobs, folders) if not (folder / "model.safetensors").is_file()]
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    running: list[tuple[subprocess.Popen, Path]] = []  # oldest first; arms of one budget end about together
+    failed = []
+
+    def wait_oldest() -> None:
+        process, folder = running.pop(0)
+        if process.wait() != 0:
+            failed.append(folder)
+
+    for job, folder in todo:
+        if len(running) >= args.parallel:
+            wait_oldest()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        argv = train_argv(*job, args, folder)
+        print(f"ablation: {folder.name}: maskmatch {shlex.join(argv)} ({threads} threads)", flush=True)
+        log = open(folder.parent / f"{folder.name}.log", "ab")
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        running.append((subprocess.Popen([sys.executable, "-m", "maskmatch", *argv], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env), folder))
+    while running:
+        wait_oldest()
+    if failed:
+        raise UserError(f"{len(failed)} arm(s) failed, e.g. {failed[0]} (see {failed[0]}.log); rerun to resume them")
+    return folders
+
+
+def measure(folder: Path, data: Path, tests: list[str]) -> dict:
+    """One finished arm: its stages' minutes and CPU-hours, held-out and test ExpRate (greedy, with the grammar)."""
+    from maskmatch.history import cpu_hours
+    from maskmatch.inference_commands import evaluate_split
+    from maskmatch.recognizer import Recognizer
+    from maskmatch.validation import held_out_exprate
+
+    rec = Recognizer.load(folder / "model.safetensors", "cpu")
+    stages = rec.manifest["training"]["stages"]
+    hours = [cpu_hours(s.get("device") or "", s.get("minutes") or 0.0) for s in stages.values()]
+    validation, n = held_out_exprate(rec, data)
+    scores = {}
+    for split in tests:
+        if (data / split / "caption.txt").is_file():
+            scores[split] = evaluate_split(rec, data / split, 1, 16)[0]["exprate"]
+    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()},
+            "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
+            "val_exprate": validation, "val_n": n, "tests": scores, "command": rec.manifest.get("command"),
+            "curve": validation_curve(folder)}
+
+
+def validation_curve(folder: Path) -> list[tuple[float, float]]:
+    """(minutes since the arm started, stage 3's validation ExpRate) from finetune/log.jsonl and train.json."""
+    from maskmatch.train.callbacks import read_log
+
+    state = json.loads((folder / "train.json").read_text("utf-8"))
+    before = sum(v for k, v in state.get("seconds", {}).items() if k != "finetune") / 60
+    log = folder / "finetune" / "log.jsonl"
+    records = read_log(log) if log.is_file() else []
+    return [(before + r["elapsed_s"] / 60, r["val_exprate"]) for r in records
+            if "val_exprate" in r and "event" not in r and "elapsed_s" in r]
+
+
+def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
+    columns = ["arm", "labels", "seed", "stages (minutes)", "CPU-hours", "validation ExpRate (%)",
+               *(f"{t} greedy (%)" for t in tests)]
+    head = "| " + " | ".join(columns) + " |"
+    lines = ["# Does Mask & Match pay? The equal-budget ablation", "",
+             f"Made by `{command}`; do not edit by hand. Each arm trained with `maskmatch train` for the same "
+             "budget (its stages' minutes below), was selected on the held-out slice of train alone, and is "
+             "decoded greedily with the grammar, as `maskmatch validate` does. Labels: the share of labelled "
+             "training images stage 3 saw (stages 1 and 2 see every image).", "", head,
+             "|" + "---|" * len(columns)]
+    for r in rows:
+        arm, labels, seed = parse_name(r["run"])
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items() if v is not None)
+        hours = "-" if r["cpu_hours"] is None else f"{r['cpu_hours']:.2f}"
+        cells = [f"{r['tests'][t]:.2f}" if t in r["tests"] else "-" for t in tests]
+        lines.append("| " + " | ".join([arm, f"{labels:g}%", str(seed), stages, hours, f"{r['val_exprate']:.2f}",
+                                        *cells]) + " |")
+    spread = seed_spread(rows)
+    if spread:
+        lines += ["", "Spread of arm A across seeds (validation ExpRate, max - min): " +
+                  ", ".join(f"{labels:g}% labels: {s:.2f} points" for labels, s in spread.items()) +
+                  "; arms closer than this are not separated by this budget."]
+    lines += ["", "![validation ExpRate against minutes](ablation.png)", ""]
+    if len({parse_name(r["run"])[1] for r in rows}) > 1:
+        lines += ["![ExpRate against the share of labels](label-efficiency.png)", ""]
+    lines += ["Commands:", ""] + [f"- {r['run']}: `{r['command']}`" for r in rows] + [""]
+    return "\n".join(lines)
+
+
+def parse_name(name: str) -> tuple[str, float, int]:
+    arm, labels, seed = name.rsplit("-", 2)
+    return arm, float(labels.removeprefix("labels")), int(seed.removeprefix("seed"))
+
+
+def seed_spread(rows: list[dict]) -> dict[float, float]:
+    """Arm A's validation spread across seeds, per label share (only where it has two seeds or more)."""
+    by_labels: dict[float, list[float]] = {}
+    for r in rows:
+        arm, labels, _ = parse_name(r["run"])
+        if arm == "A":
+            by_labels.setdefault(labels, []).append(r["val_exprate"])
+    return {k: max(v) - min(v) for k, v in by_labels.items() if len(v) > 1}
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["curve"]:
+            minutes, exprate = zip(*r["curve"])
+            ax.plot(minutes, exprate, marker=".", label=r["run"])
+    ax.set_xlabel("minutes since the arm started (stage 3's validations)")
+    ax.set_ylabel("validation ExpRate (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=100)
+    plt.close(fig)
+    shares = sorted({parse_name(r["run"])[1] for r in rows})
+    if len(shares) < 2:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in ARMS:
+        points = sorted((parse_name(r["run"])[1], r["val_exprate"]) for r in rows if parse_name(r["run"])[0] == arm)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=arm)
+    ax.set_xscale("log")
+    ax.set_xticks(shares, [f"{s:g}%" for s in shares])
+    ax.set_xlabel("labelled training images used by stage 3")
+    ax.set_ylabel("validation ExpRate (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "label-efficiency.png", dpi=100)
+    plt.close(fig)
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    from maskmatch.train.pipeline import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UserError(f"--preset {args.preset!r}: one of {', '.join(PRESETS)}")
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise UserError(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
+    if not all(0 < x <= 1 for x in args.labels):
+        raise UserError("--labels are shares of the labelled images, each in (0, 1]")
+    data = Path(args.data)
+    if not (data / "train" / "cache").is_dir():
+        raise UserError(f"{data}: no built train split (maskmatch data build ... --out {data})")
+    folders = run_arms(args)
+    rows = [measure(f, data, args.tests) for f in folders]
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "maskmatch " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["ablation"] else "maskmatch ablation"
+    (out / "ablation.md").write_text(markdown(rows, command, args.tests), "utf-8")
+    (out / "ablation.json").write_text(json.dumps(rows, indent=1) + "\n", "utf-8")
+    plot(rows, out)
+    print(f"wrote {out / 'ablation.md'}")
+    return 0
+
+
+def _shares(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected shares like 1,0.1, got {text!r}") from None
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("ablation", help="the equal-budget ablation of stages 1 and 2 (results/ablation.md)")
+    p.add_argument("--budget", type=positive_float, required=True, metavar="MINUTES", help="minutes per arm")
+    p.add_argument("--out", default="runs/ablation", metavar="RUN_ROOT", help="where the arms train (default runs/ablation)")
+    p.add_argument("--arms", type=lambda t: [a for a in t.split(",") if a], default=list(ARMS),
+                   help=f"comma-separated (default all: {','.join(ARMS)})")
+    p.add_argument("--labels", type=_shares, default=[1.0], help="label shares, e.g. 1,0.1 (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="seeds 0..N-1 of every arm (default 1)")
+    p.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="arms trained at once (default 1)")
+    p.add_argument("--preset", default="train-cpu", help="the train preset of every arm (default train-cpu)")
+    p.add_argument("--data", default="data/crohme28", metavar="DIR", help="built data (default data/crohme28)")
+    p.add_argument("--tests", type=lambda t: [s for s in t.split(",") if s], default=list(TESTS),
+                   help="test splits of --data reported, greedy (default 2014,2016,2019; '' for none)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to every arm's maskmatch train (e.g. finetune.optim.lr=5e-4)")
+    p.add_argument("--results", default="results", metavar="DIR", help="where ablation.md goes (default results)")
+    p.set_defaults(run=_ablation)

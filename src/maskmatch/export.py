@@ -2,7 +2,8 @@
 against torch.
 
 The encoder graph ends in the decoder's memory (each layer's cross-attention keys and values), so an image
-is encoded once however many beams read it; the decoder graph is stateless over the whole token prefix.
+is encoded once however many beams read it; the decoder graph reads a token prefix and returns its keys and
+values, which the step graph extends one token at a time.
 Both have dynamic batch, image and sequence sizes. The check decodes real images both ways and reports
 the largest difference of the memory and of the first step's log-probabilities, and how many greedy and
 beam outputs are identical; it goes into the export's manifest.
@@ -21,12 +22,12 @@ OPSET = 18
 
 
 def export_onnx(model, manifest: dict, out: Path) -> None:
-    """Writes out/encoder.onnx, out/decoder.onnx and out/model.json (the manifest)."""
+    """Writes out/encoder.onnx, decoder.onnx, decoder_step.onnx and model.json (the manifest)."""
     import warnings
 
     import torch
 
-    from maskmatch.onnx_model import DECODER, ENCODER, DecoderGraph, EncoderGraph
+    from maskmatch.onnx_model import DECODER, ENCODER, STEP, DecoderGraph, EncoderGraph, StepGraph
 
     model = model.cpu().eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,7 @@ def export_onnx(model, manifest: dict, out: Path) -> None:
     encoder = EncoderGraph(model).eval()  # eval: the exporter leaves the modules in their wrapper's mode
     with torch.no_grad():
         memory, attend = encoder(images, mask)
-    tokens = torch.randint(3, model.config.vocab_size, (2, 5))
+    tokens = torch.randint(3, model.config.vocab_size, (2, 5)).repeat_interleave(3, 0)  # 3 rows per image: beams
     model.decoder.positions(0, model.config.max_len + 1, torch.device("cpu"))  # the table, built before tracing
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes turned constants
@@ -44,10 +45,19 @@ def export_onnx(model, manifest: dict, out: Path) -> None:
                           output_names=["memory", "attend"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"images": {0: "B", 2: "H", 3: "W"}, "mask": {0: "B", 1: "H", 2: "W"},
                                         "memory": {0: "B", 4: "S"}, "attend": {0: "B", 1: "S"}})
-        torch.onnx.export(DecoderGraph(model.decoder).eval(), (tokens, memory, attend), str(out / DECODER),
-                          input_names=["tokens", "memory", "attend"], output_names=["logits"], opset_version=OPSET,
-                          dynamo=False, dynamic_axes={"tokens": {0: "N", 1: "T"}, "memory": {0: "N", 4: "S"},
-                                                      "attend": {0: "N", 1: "S"}, "logits": {0: "N", 1: "T"}})
+        prefix = DecoderGraph(model.decoder).eval()
+        rows = {"memory": {0: "E", 4: "S"}, "attend": {0: "E", 1: "S"}}
+        torch.onnx.export(prefix, (tokens, memory, attend), str(out / DECODER),
+                          input_names=["tokens", "memory", "attend"], output_names=["logits", "present"],
+                          opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"tokens": {0: "N", 1: "T"}, "logits": {0: "N", 1: "T"},
+                                        "present": {0: "N", 4: "T"}, **rows})
+        _, past = prefix(tokens, memory, attend)
+        torch.onnx.export(StepGraph(model.decoder).eval(), (tokens[:, :1], past, memory, attend), str(out / STEP),
+                          input_names=["tokens", "past", "memory", "attend"], output_names=["logits", "present"],
+                          opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"tokens": {0: "N"}, "past": {0: "N", 4: "t"}, "logits": {0: "N"},
+                                        "present": {0: "N", 4: "t + 1"}, **rows})
     write_manifest(out, manifest)
 
 
@@ -117,7 +127,8 @@ def _export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     record = {"opset": OPSET, "torch": torch.__version__, "from": str(args.model or "the shipped weights")}
     export_onnx(rec.model, dict(rec.manifest, onnx=record), out)
-    print(f"wrote {out}/encoder.onnx, decoder.onnx, model.json in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {out}/encoder.onnx, decoder.onnx, decoder_step.onnx, model.json in "
+          f"{time.perf_counter() - start:.1f} s")
     if args.check:
         record.update(checked_on=str(args.check), check=check_export(rec.model, out, _check_images(
             Path(args.check), args.check_count, rec), args.beam))

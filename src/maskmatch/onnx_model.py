@@ -2,13 +2,13 @@
 the interface of `HMERModel`, so that `Recognizer`, the searches of model/search.py and the benchmark use
 them unchanged.
 
-An export folder holds `encoder.onnx`, `decoder.onnx` and `model.json` (the weights' manifest). The encoder
-graph maps images (B, 1, H, W) and their padding mask (B, H, W) to the decoder's memory: each layer's
-cross-attention keys and values (B, layers, 2, heads, S, head_dim), and where it may be attended (B, S).
-The decoder graph maps a whole token prefix (N, T) and the memory of each row to the logits of every
-position (N, T, V): it keeps no state, so `OnnxCache` holds the token history, and each step decodes the
-prefix again (a sequence of CROHME's length costs a few times more than torch's cached keys and values;
-`maskmatch benchmark --model FOLDER` measures it).
+An export folder holds `encoder.onnx`, `decoder.onnx`, `decoder_step.onnx` and `model.json` (the weights'
+manifest). The encoder graph maps images (B, 1, H, W) and their padding mask (B, H, W) to the decoder's
+memory: each layer's cross-attention keys and values (B, layers, 2, heads, S, head_dim), and where it may
+be attended (B, S). The decoder graph maps a token prefix from the start token (N, T) and the memory of
+each row to the logits of every position (N, T, V) and the prefix's self-attention keys and values; the
+step graph takes one more token and those keys and values, and returns its logits and the keys and values
+grown by one, so a step costs what torch's cached step costs (`maskmatch benchmark --model FOLDER`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from maskmatch.model.grammar import LatexGrammar
 from maskmatch.model.search import Hypothesis
 from maskmatch.weights import model_config
 
-ENCODER, DECODER, MANIFEST = "encoder.onnx", "decoder.onnx", "model.json"
+ENCODER, DECODER, STEP, MANIFEST = "encoder.onnx", "decoder.onnx", "decoder_step.onnx", "model.json"
 
 
 class EncoderGraph(nn.Module):
@@ -43,17 +43,43 @@ class EncoderGraph(nn.Module):
         return torch.stack(kv, 1), ~feature_mask.flatten(1)  # (B, layers, 2, nh, S, hd), (B, S)
 
 
+def _cache(tokens: torch.Tensor, memory: torch.Tensor, attend: torch.Tensor,
+           past: torch.Tensor | None = None) -> DecoderCache:
+    """The decoder's cache over the graph's inputs: N token rows read E memory entries, N / E rows each (the
+    beams of one image attend together, as in torch's search)."""
+    layers = range(memory.shape[1])
+    cache = DecoderCache([(memory[:, i, 0], memory[:, i, 1]) for i in layers], attend[:, None, None, :],
+                         [None if past is None else (past[:, i, 0], past[:, i, 1]) for i in layers],
+                         group=tokens.shape[0] // memory.shape[0])
+    cache.length = 0 if past is None else past.shape[4]
+    return cache
+
+
+def _stacked(cache: DecoderCache) -> torch.Tensor:
+    return torch.stack([torch.stack(kv, 1) for kv in cache.self_kv], 1)  # (N, layers, 2, nh, t, hd)
+
+
 class DecoderGraph(nn.Module):
-    """tokens (N, T) from the start token, memory (N, layers, 2, heads, S, head_dim), attend (N, S) -> logits (N, T, V)."""
+    """A prefix from the start token: tokens (N, T), memory (E, layers, 2, heads, S, head_dim), attend (E, S),
+    each memory entry read by N / E rows in a run -> logits (N, T, V) and the prefix's self-attention keys and
+    values (N, layers, 2, heads, T, head_dim)."""
 
     def __init__(self, decoder):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        kv = [(memory[:, i, 0], memory[:, i, 1]) for i in range(memory.shape[1])]
-        cache = DecoderCache(kv, attend[:, None, None, :], [None] * len(kv))
-        return self.decoder.decode(tokens, cache)
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, attend: torch.Tensor):
+        cache = _cache(tokens, memory, attend)
+        return self.decoder.decode(tokens, cache), _stacked(cache)
+
+
+class StepGraph(DecoderGraph):
+    """One more token: tokens (N, 1), past (N, layers, 2, heads, t, head_dim), memory, attend -> logits (N, 1, V)
+    and the keys and values with it (N, layers, 2, heads, t + 1, head_dim)."""
+
+    def forward(self, tokens: torch.Tensor, past: torch.Tensor, memory: torch.Tensor, attend: torch.Tensor):
+        cache = _cache(tokens, memory, attend, past)
+        return self.decoder.decode(tokens, cache), _stacked(cache)
 
 
 def is_export(path: str | Path | None) -> bool:
@@ -62,58 +88,61 @@ def is_export(path: str | Path | None) -> bool:
 
 
 class OnnxCache:
-    """`DecoderCache`'s interface over a token history: rows n*group .. n*group + group-1 read memory entry n."""
+    """`DecoderCache`'s interface over the graphs' tensors: rows n*group .. n*group + group-1 read memory entry n."""
 
-    def __init__(self, memory: torch.Tensor, attend: torch.Tensor, history: torch.Tensor, group: int = 1):
+    def __init__(self, memory: torch.Tensor, attend: torch.Tensor, past: torch.Tensor | None, group: int = 1):
         self.memory, self.attend = memory, attend  # (E, layers, 2, heads, S, head_dim), (E, S) bool
-        self.history, self.group = history, group  # (N, t) tokens taken in so far, N = E * group
+        self.past, self.group = past, group  # (N, layers, 2, heads, t, head_dim) or None (t = 0), N = E * group
 
     @property
     def length(self) -> int:
-        return self.history.shape[1]
+        return 0 if self.past is None else self.past.shape[4]
 
     @property
     def device(self) -> torch.device:
-        return self.history.device
+        return self.memory.device
 
     def reorder(self, rows: torch.Tensor, group: int | None = None) -> None:
-        self.history, self.group = self.history[rows], group or self.group
+        self.past, self.group = None if self.past is None else self.past[rows], group or self.group
 
     def repeat_interleave(self, k: int) -> "OnnxCache":
-        return OnnxCache(self.memory, self.attend, self.history.repeat_interleave(k, dim=0), self.group * k)
+        past = None if self.past is None else self.past.repeat_interleave(k, dim=0)
+        return OnnxCache(self.memory, self.attend, past, self.group * k)
 
     def select(self, entries: torch.Tensor) -> "OnnxCache":
         rows = (entries[:, None] * self.group + torch.arange(self.group)).flatten()
-        return OnnxCache(self.memory[entries], self.attend[entries], self.history[rows], self.group)
+        return OnnxCache(self.memory[entries], self.attend[entries], None if self.past is None else self.past[rows],
+                         self.group)
 
     def for_entries(self, owners: list[int]) -> "OnnxCache":
         entries, group = entry_runs(owners)
         index = torch.tensor(entries, dtype=torch.long)
-        return OnnxCache(self.memory[index], self.attend[index], torch.empty((len(owners), 0), dtype=torch.long),
-                         group)
+        return OnnxCache(self.memory[index], self.attend[index], None, group)
 
 
 class OnnxDecoder:
-    """`Decoder`'s decoding interface (init_cache, decode, step) over the decoder graph."""
+    """`Decoder`'s decoding interface (init_cache, decode, step) over the decoder graphs: a prefix from an empty
+    cache (the first step, or a teacher-forced rescoring), then one token at a time with the cached keys and values."""
 
-    def __init__(self, session):
-        self.session = session
+    def __init__(self, prefix, step):
+        self.prefix, self.one = prefix, step
 
     def init_cache(self, memory: torch.Tensor, attend: torch.Tensor) -> OnnxCache:
-        return OnnxCache(memory, attend, torch.empty((len(memory), 0), dtype=torch.long))
+        return OnnxCache(memory, attend, None)
 
     def decode(self, tokens: torch.Tensor, cache: OnnxCache, capture: list | None = None) -> torch.Tensor:
         """tokens (N, T) following the cache's -> logits (N, T, V); the cache takes them in."""
         if capture is not None:
             raise ValueError("attention maps need the torch runtime (--runtime torch)")
-        history = torch.cat((cache.history, tokens), 1)  # (N, t+T)
-        memory, attend = cache.memory, cache.attend
-        if cache.group > 1:
-            memory, attend = memory.repeat_interleave(cache.group, 0), attend.repeat_interleave(cache.group, 0)
-        (logits,) = self.session.run(None, {"tokens": history.numpy(), "memory": memory.numpy(),
-                                            "attend": attend.numpy()})  # (N, t+T, V)
-        cache.history = history
-        return torch.from_numpy(logits[:, -tokens.shape[1]:])
+        inputs = {"tokens": tokens.numpy(), "memory": cache.memory.numpy(), "attend": cache.attend.numpy()}
+        if cache.past is None:
+            logits, present = self.prefix.run(None, inputs)
+        elif tokens.shape[1] == 1:
+            logits, present = self.one.run(None, {**inputs, "past": cache.past.numpy()})
+        else:
+            raise ValueError("the onnx decoder takes a prefix from the start, then one token at a time")
+        cache.past = torch.from_numpy(present)
+        return torch.from_numpy(logits)
 
     def step(self, tokens: torch.Tensor, cache: OnnxCache) -> torch.Tensor:
         return self.decode(tokens[:, None], cache)[:, 0]
@@ -128,10 +157,13 @@ class OnnxModel:
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # no spinning between runs: torch's own threads do the search's work between two steps on the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         folder = Path(folder)
         session = lambda name: onnxruntime.InferenceSession(str(folder / name), options,  # noqa: E731
                                                              providers=["CPUExecutionProvider"])
-        self.config, self.encoder, self.decoder = config, session(ENCODER), OnnxDecoder(session(DECODER))
+        self.config, self.encoder = config, session(ENCODER)
+        self.decoder = OnnxDecoder(session(DECODER), session(STEP))
         self.attention = None
 
     def to(self, device: str | torch.device) -> "OnnxModel":
@@ -163,7 +195,7 @@ class OnnxModel:
 def load_onnx(folder: str | Path, threads: int | None = None) -> tuple[OnnxModel, dict]:
     """An export folder -> (model, manifest); ValueError (one line) if it is not one or onnxruntime is missing."""
     folder = Path(folder)
-    missing = [name for name in (ENCODER, DECODER, MANIFEST) if not (folder / name).is_file()]
+    missing = [name for name in (ENCODER, DECODER, STEP, MANIFEST) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder}: not an onnx export (no {', '.join(missing)}; maskmatch export --onnx)")
     try:

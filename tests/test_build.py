@@ -175,3 +175,21 @@ def test_a_build_killed_anywhere_and_rerun_is_complete_and_identical(source, bui
         for name in ("images.u8", "index.npy", "tokens.npy", "token_offsets.npy", "expressions.npy", "meta.json"):
             assert (out / split / "cache" / name).read_bytes() == (reference / split / "cache" / name).read_bytes()
         assert (out / split / "caption.txt").read_text() == (reference / split / "caption.txt").read_text()
+
+
+def test_subexpressions_of_the_train_split(source, tmp_path):
+    """--subexpressions: train/subexpressions/ holds each cached expression's windows (NAME~k), their tokens a
+    slice of the expression's; MfrDB0104 (c . (root 3 of 2)^2 + b . (root 3 of 2) + a = 0) gives three."""
+    from maskmatch.data.variants import VariantConfig
+
+    out = tmp_path / "s"
+    summaries = build(source, out, splits=["train", "2014"], workers=1, progress=False,
+                      variants=VariantConfig(subexpressions=True))
+    plain, parts = Cache.open(out / "train"), Cache.open(out / "train" / "subexpressions")
+    assert summaries["train"].subexpressions == len(parts) and summaries["2014"].subexpressions == 0
+    assert [n for n in parts.names if n.startswith("MfrDB0104~")] == ["MfrDB0104~1", "MfrDB0104~2", "MfrDB0104~3"]
+    for i, name in enumerate(parts.names):
+        parent = plain[plain.names.index(name.split("~")[0])][1].tolist()
+        ids = parts[i][1].tolist()
+        assert any(parent[j:j + len(ids)] == ids for j in range(len(parent))) and len(ids) < len(parent)
+    assert not (out / "2014" / "subexpressions").exists()

@@ -318,6 +318,35 @@ def test_epochs_draw_the_cache_variants(data_root, tmp_path):
         FinetuneData(DataConfig(root=str(root), val_size=8, variants=3), seed=0)
 
 
+def test_subexpressions_join_training_but_never_from_held_out_expressions(data_root, tmp_path):
+    """data.subexpressions: the sub-expressions of the training images follow them in the training set; those of
+    held-out (or unlabelled) expressions never train; validation stays the plain slice."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    plain = Cache.open(root / "train")
+    writer = CacheWriter(root / "train" / "subexpressions", plain.vocabulary, plain.render_config)
+    for i in range(len(plain)):
+        image, ids = plain[i]
+        writer.add(f"{plain.names[i]}~1", image[:, : image.shape[1] // 2], ids[:2].tolist())
+    writer.close()
+    config = DataConfig(root=str(root), val_size=8, subexpressions=True, workers=0, scale_range=(1.0, 1.0))
+    data = FinetuneData(config, seed=0)
+    data.setup()
+    base = len(data.train_set.base)
+    names = data.names(list(range(len(data.train_set))))
+    held_out = {plain.names[i] for i in data.val_set.indices}
+    assert len(data.train_set) == 2 * base and all(n.endswith("~1") for n in names[base:])
+    assert [n.split("~")[0] for n in names[base:]] == names[:base] and not set(names) & held_out
+    assert sorted(k[0] for b in data.train_batches for k in b) == list(range(2 * base))
+    assert next(iter(data.train_dataloader())).images.shape[0] > 0
+    half = FinetuneData(DataConfig(root=str(root), val_size=8, subexpressions=True, label_fraction=0.5), seed=0)
+    assert len(half.train_set) == 2 * len(half.train_set.base) < 2 * base
+    with pytest.raises(UserError, match="data.subexpressions"):
+        FinetuneData(DataConfig(root=str(data_root), val_size=8, subexpressions=True), seed=0)
+
+
 def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_path, capsys):
     """validate: greedy ExpRate on the run's held-out slice; average: the mean of checkpoints' EMA weights (one
     checkpoint twice is that checkpoint), validated beside --like; calibrate: the fit lands in the manifest."""

@@ -80,6 +80,34 @@ class VariantDataset(CacheDataset):
         return np.maximum(super().sizes, extra.max(axis=1)) if self.count else super().sizes
 
 
+class WithParts(Dataset):
+    """A training set followed by items of another cache (an expression's sub-expressions, data/subexpr.py):
+    position p < len(base) is the base's, a later one parts[part_indices[p - len(base)]], always plain (the
+    variant of a (position, variant) key is ignored for them)."""
+
+    def __init__(self, base: CacheDataset, parts: Cache, part_indices):
+        self.base, self.parts, self.part_indices = base, parts, np.asarray(part_indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.part_indices)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+        position = key[0] if isinstance(key, tuple) else key
+        if position < len(self.base):
+            return self.base[key]
+        image, ids = self.parts[int(self.part_indices[position - len(self.base)])]
+        return position, image, ids
+
+    def name(self, position: int) -> str:
+        if position < len(self.base):
+            return self.base.cache.names[int(self.base.indices[position])]
+        return self.parts.names[int(self.part_indices[position - len(self.base)])]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.concatenate((self.base.sizes, self.parts.sizes[self.part_indices]))
+
+
 NO_LABEL = np.zeros(0, dtype=np.int64)
 
 

@@ -6,7 +6,8 @@ built, skipped with the reason for each, out-of-vocabulary tokens with counts. E
 out-of-vocabulary tokens are written to caption.txt (evaluation must count them) but kept out of the
 cache (training cannot encode them). Work is spread over processes, one item at a time. With
 variants (variants.py), the train split also gets `<out>/train/variants/`: K distorted renders of each
-cached expression, made in the same pass.
+cached expression, made in the same pass; with sub-expressions (subexpr.py), `<out>/train/subexpressions/`:
+the renders of each cached expression's unambiguous sub-expressions, entry NAME~k for window k of NAME.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from maskmatch.data.latex import LatexError, normalize_latex
 from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
 from maskmatch.data.source import Item, Split, list_splits, open_source
 from maskmatch.data.swap import SymbolBank
-from maskmatch.data.variants import FOLDER, VariantConfig, render_variant, variant_seed
+from maskmatch.data.subexpr import subexpressions
+from maskmatch.data.variants import FOLDER, SUBEXPRESSIONS, VariantConfig, render_variant, variant_seed
 from maskmatch.data.vocab import Vocabulary
 
 
@@ -45,6 +47,7 @@ class SplitSummary:
     oov_expressions: list[str] = field(default_factory=list)  # names of built expressions with OOV tokens
     seconds: float = 0.0
     variants: int = 0  # distorted renders per cached expression (train only)
+    subexpressions: int = 0  # sub-expression renders in <split>/subexpressions/ (train only, with --subexpressions)
     cache_mb: float = 0.0  # size of the cache's images, variants included
 
 
@@ -56,6 +59,7 @@ class _Result:
     image: np.ndarray | None = None
     reason: str | None = None
     variants: list[np.ndarray] = field(default_factory=list)
+    subexpressions: list[tuple[tuple[str, ...], np.ndarray]] = field(default_factory=list)  # (tokens, image)
 
 
 TRAIN = "train"  # the split that gets variants
@@ -79,8 +83,8 @@ def build(source: str | Path, out: str | Path, splits: list[str] | None = None,
                 raise ValueError(f"split(s) {', '.join(missing)} not in {source} (found {', '.join(s.name for s in found)})")
             found = [s for s in found if s.name in splits]
         train = next((s for s in found if s.name == TRAIN), None)
-        if variants.count and (train is None or train.layout != "inkml"):
-            raise ValueError("--variants needs the train split as InkML (the strokes to distort)")
+        if variants.needs_ink and (train is None or train.layout != "inkml"):
+            raise ValueError("--variants and --subexpressions need the train split as InkML (its strokes)")
         _BANK = _symbol_bank(train) if variants.count and variants.swap_share > 0 else None
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for split in found:
@@ -114,6 +118,7 @@ def _build_split(split: Split, out: Path, vocab: Vocabulary, render: RenderConfi
     summary.skipped = [{"file": f"{split.name}/{f}", "reason": r} for f, r in split.problems]
     writer = CacheWriter(out / "cache", vocab.symbols, asdict(render))
     extra = CacheWriter(out / FOLDER, vocab.symbols, asdict(render), variants.meta()) if variants.count else None
+    parts = CacheWriter(out / SUBEXPRESSIONS, vocab.symbols, asdict(render)) if variants.subexpressions else None
     oov = Counter()
     captions = []
     jobs = [(item, split.layout, out / "img", render, variants) for item in split.items]
@@ -134,11 +139,14 @@ def _build_split(split: Split, out: Path, vocab: Vocabulary, render: RenderConfi
             writer.add(result.name, result.image, ids)
             for v, image in enumerate(result.variants, 1):
                 extra.add(f"{result.name}#{v}", image, ids)
+            for k, (tokens, image) in enumerate(result.subexpressions, 1):
+                parts.add(f"{result.name}~{k}", image, vocab.encode(list(tokens)))
+            summary.subexpressions += len(result.subexpressions)
             summary.cached += 1
-    writer.close()
-    if extra is not None:
-        extra.close()
-    summary.cache_mb = round(sum(f.stat().st_size for d in ("cache", FOLDER) if (out / d).is_dir()
+    for w in (writer, extra, parts):
+        if w is not None:
+            w.close()
+    summary.cache_mb = round(sum(f.stat().st_size for d in ("cache", FOLDER, SUBEXPRESSIONS) if (out / d).is_dir()
                                  for f in (out / d).glob("images.u8")) / 2**20, 1)
     tmp = out / "caption.txt.tmp"
     tmp.write_text("".join(captions), "utf-8")
@@ -152,7 +160,7 @@ def _build_item(job: tuple[Item, str, Path, RenderConfig, VariantConfig]) -> _Re
     """Runs in a worker: read, normalize the label, render (and the variants), write the PNG. Never raises for
     bad data."""
     item, layout, img_dir, render, variants = job
-    extra = []
+    extra, parts = [], []
     try:
         if layout == "inkml":
             ink = read_inkml(item.path)
@@ -166,21 +174,35 @@ def _build_item(job: tuple[Item, str, Path, RenderConfig, VariantConfig]) -> _Re
             return _Result(item.name, str(item.path), reason="empty truth")
         extra = [render_variant(ink, render, variants, _BANK, variant_seed(item.name, v))
                  for v in range(1, variants.count + 1)]
+        parts = _subexpression_renders(tokens, ink, render) if variants.subexpressions else []
     except (InkmlError, LatexError, ValueError) as e:
         return _Result(item.name, str(item.path), reason=str(e))
     except Exception as e:  # a bug on one odd file must not cost the whole build; it is listed
         return _Result(item.name, str(item.path), reason=f"unexpected {type(e).__name__}: {e}")
     Image.fromarray(image).save(img_dir / f"{item.name}.png", compress_level=1)
-    return _Result(item.name, str(item.path), tokens=tokens, image=image, variants=extra)
+    return _Result(item.name, str(item.path), tokens=tokens, image=image, variants=extra, subexpressions=parts)
+
+
+def _subexpression_renders(tokens: list[str], ink, render: RenderConfig) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """(tokens, image) of each unambiguous sub-expression; one that cannot be rendered is left out, the
+    expression itself is kept whatever happens here."""
+    out = []
+    for part in subexpressions(tokens, ink):
+        try:
+            out.append((part.tokens, render_strokes([ink.strokes[i] for i in part.strokes], render)))
+        except ValueError:
+            continue
+    return out
 
 
 def format_summary(summaries: dict[str, SplitSummary]) -> str:
     """A table for the terminal, then each skip and the out-of-vocabulary tokens."""
     lines = [f"{'split':<8}{'layout':<9}{'files':>7}{'built':>7}{'cached':>8}{'skipped':>9}{'oov expr':>10}"
-             f"{'variants':>9}{'cache MB':>9}{'seconds':>9}"]
+             f"{'variants':>9}{'subexpr':>9}{'cache MB':>9}{'seconds':>9}"]
     for name, s in summaries.items():
         lines.append(f"{name:<8}{s.layout:<9}{s.files:>7}{s.built:>7}{s.cached:>8}{len(s.skipped):>9}"
-                     f"{len(s.oov_expressions):>10}{s.variants:>9}{s.cache_mb:>9.1f}{s.seconds:>9.1f}")
+                     f"{len(s.oov_expressions):>10}{s.variants:>9}{s.subexpressions:>9}{s.cache_mb:>9.1f}"
+                     f"{s.seconds:>9.1f}")
     for name, s in summaries.items():
         for skip in s.skipped:
             lines.append(f"skipped {skip['file']}: {skip['reason']}")

@@ -17,7 +17,7 @@ def _data_build(args: argparse.Namespace) -> int:
     try:
         sizes = {"symbol_size": args.symbol_size, "stroke_width": args.stroke_width}
         render = RenderConfig(**{k: v for k, v in sizes.items() if v is not None})
-        variants = VariantConfig(count=args.variants, swap_share=args.swap_share)
+        variants = VariantConfig(count=args.variants, swap_share=args.swap_share, subexpressions=args.subexpressions)
         summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, render=render,
                           progress=not args.quiet, variants=variants)
     except ValueError as e:
@@ -56,6 +56,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--variants", type=int, default=0, metavar="K",
                        help="also render K distorted variants of each training expression into train/variants/ "
                             "(data/variants.py; default 0)")
+    build.add_argument("--subexpressions", action="store_true",
+                       help="also render each training expression's unambiguous sub-expressions (a + b = c: a + b, "
+                            "b = c) into train/subexpressions/ (data/subexpr.py)")
     build.add_argument("--swap-share", type=float, default=0.0, metavar="P",
                        help="in variants, redraw each symbol by another writer with probability P (default 0)")
     build.set_defaults(run=_data_build)

@@ -22,6 +22,7 @@ from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.swap import SymbolBank, swap_symbols
 
 FOLDER = "variants"  # beside the split's cache/
+SUBEXPRESSIONS = "subexpressions"  # beside it too: entry NAME~k is window k of expression NAME (subexpr.py)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class VariantConfig:
     count: int = 0  # K variants per training expression, besides the plain render
     distort: DistortConfig = field(default_factory=DistortConfig)
     swap_share: float = 0.0  # chance that each symbol is redrawn by another writer (needs the InkML segmentation)
+    subexpressions: bool = False  # also render each expression's unambiguous sub-expressions (subexpr.py)
 
     def __post_init__(self):
         if self.count < 0 or not 0 <= self.swap_share <= 1:
@@ -36,6 +38,10 @@ class VariantConfig:
 
     def meta(self) -> dict:
         return {"variants": self.count, "distort": asdict(self.distort), "swap_share": self.swap_share}
+
+    @property
+    def needs_ink(self) -> bool:
+        return bool(self.count or self.subexpressions)
 
 
 def variant_seed(name: str, v: int) -> int:

@@ -23,6 +23,8 @@ class DataConfig:
     label_seed: int = 0  # which images form that share: fixed, so the subset never changes (resume included)
     variants: int = 0  # an epoch shows each training expression as one of its plain render and this many of the
     # cache's pre-rendered variants (`data build --variants K`; data/variants.py), drawn per epoch; 0: plain only
+    subexpressions: bool = False  # also train on the sub-expressions of the training expressions (`data build
+    # --subexpressions`; data/subexpr.py), never on those of a held-out or unlabelled one
 
     def __post_init__(self):
         if not 0 < self.label_fraction <= 1:

@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from maskmatch.data.batching import BucketBatchSampler, CacheDataset, ImageDataset, VariantDataset, collate
+from maskmatch.data.batching import BucketBatchSampler, CacheDataset, ImageDataset, VariantDataset, WithParts, collate
 from maskmatch.data.cache import Cache
 from maskmatch.data.variants import FOLDER as VARIANTS
+from maskmatch.data.variants import SUBEXPRESSIONS
 from maskmatch.errors import UserError
 from maskmatch.train.config import DataConfig
 
@@ -191,15 +192,24 @@ class FinetuneData(L.LightningDataModule):
         low, high = config.scale_range
         self.val_scale = 1.0 if labels else float(np.sqrt(low * high))
 
-    def _train_set(self, train: np.ndarray) -> CacheDataset:
-        """The training images, with their pre-rendered variants when data.variants asks for them."""
-        if not self.config.variants:
-            return CacheDataset(self.cache, train)
-        folder = Path(self.config.root) / self.config.train_split / VARIANTS
+    def _train_set(self, train: np.ndarray) -> CacheDataset | WithParts:
+        """The training images, with their pre-rendered variants when data.variants asks for them, then their
+        sub-expressions when data.subexpressions does."""
+        split = Path(self.config.root) / self.config.train_split
+        base = CacheDataset(self.cache, train)
+        if self.config.variants:
+            try:
+                base = VariantDataset(self.cache, train, Cache.open(split / VARIANTS), self.config.variants)
+            except (FileNotFoundError, ValueError) as e:
+                raise UserError(f"data.variants {self.config.variants}: {e} (`maskmatch data build --variants K`)") from None
+        if not self.config.subexpressions:
+            return base
         try:
-            return VariantDataset(self.cache, train, Cache.open(folder), self.config.variants)
+            parts = Cache.open(split / SUBEXPRESSIONS)
         except (FileNotFoundError, ValueError) as e:
-            raise UserError(f"data.variants {self.config.variants}: {e} (`maskmatch data build --variants K`)") from None
+            raise UserError(f"data.subexpressions: {e} (`maskmatch data build --subexpressions`)") from None
+        trained = {self.cache.names[int(i)] for i in train}
+        return WithParts(base, parts, [k for k, name in enumerate(parts.names) if name.rsplit("~", 1)[0] in trained])
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -207,6 +217,8 @@ class FinetuneData(L.LightningDataModule):
 
     def names(self, positions: list[int]) -> list[str]:
         """Names of training images, from their positions in the training set."""
+        if isinstance(self.train_set, WithParts):
+            return [self.train_set.name(int(p)) for p in positions]
         return [self.cache.names[int(self.train_set.indices[p])] for p in positions]
 
     def setup(self, stage: str | None = None) -> None:

@@ -187,6 +187,7 @@ def test_subexpressions_of_the_train_split(source, tmp_path):
                       variants=VariantConfig(subexpressions=True))
     plain, parts = Cache.open(out / "train"), Cache.open(out / "train" / "subexpressions")
     assert summaries["train"].subexpressions == len(parts) and summaries["2014"].subexpressions == 0
+    assert summaries["train"].subexpression_sources == len({n.split("~")[0] for n in parts.names})
     assert [n for n in parts.names if n.startswith("MfrDB0104~")] == ["MfrDB0104~1", "MfrDB0104~2", "MfrDB0104~3"]
     for i, name in enumerate(parts.names):
         parent = plain[plain.names.index(name.split("~")[0])][1].tolist()

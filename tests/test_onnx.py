@@ -63,6 +63,12 @@ def test_runtime_mistakes_are_one_line_errors(export, tmp_path, capsys):
     with pytest.raises(ValueError, match="not an onnx export"):
         (tmp_path / "encoder.onnx").write_bytes(b"")
         Recognizer.load(tmp_path, runtime="onnx")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in export.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes()[: 100] if f.name == "decoder_step.onnx" else f.read_bytes())
+    with pytest.raises(ValueError, match="onnxruntime cannot load"):
+        Recognizer.load(broken)
     with pytest.raises(ValueError, match="torch runtime"):
         Recognizer.load(export).recognize(sorted((EXAMPLES / "img").glob("*.png"))[0], attention=True)
     assert main(["export", "--out", str(tmp_path / "x")]) == 2

@@ -206,4 +206,8 @@ def load_onnx(folder: str | Path, threads: int | None = None) -> tuple[OnnxModel
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{folder / MANIFEST}: unreadable manifest ({e})") from None
-    return OnnxModel(folder, model_config(manifest), threads), manifest
+    config = model_config(manifest)
+    try:
+        return OnnxModel(folder, config, threads), manifest
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (InvalidProtobuf, Fail, ...): one line
+        raise ValueError(f"{folder}: onnxruntime cannot load the graphs ({' '.join(str(e).split())[:200]})") from None

@@ -48,6 +48,7 @@ class SplitSummary:
     seconds: float = 0.0
     variants: int = 0  # distorted renders per cached expression (train only)
     subexpressions: int = 0  # sub-expression renders in <split>/subexpressions/ (train only, with --subexpressions)
+    subexpression_sources: int = 0  # cached expressions that gave at least one
     cache_mb: float = 0.0  # size of the cache's images, variants included
 
 
@@ -142,6 +143,7 @@ def _build_split(split: Split, out: Path, vocab: Vocabulary, render: RenderConfi
             for k, (tokens, image) in enumerate(result.subexpressions, 1):
                 parts.add(f"{result.name}~{k}", image, vocab.encode(list(tokens)))
             summary.subexpressions += len(result.subexpressions)
+            summary.subexpression_sources += bool(result.subexpressions)
             summary.cached += 1
     for w in (writer, extra, parts):
         if w is not None:

@@ -21,12 +21,11 @@ from starlette.testclient import TestClient
 
 from maskmatch.cli import main
 from maskmatch.data.inkml import read_inkml
-from maskmatch.data.render import RenderConfig, render_strokes
+from maskmatch.data.render import RenderConfig, place_strokes, render_strokes
 from maskmatch.data.vocab import EOS, Vocabulary
 from maskmatch.model import HMERModel, ModelConfig
 from maskmatch.recognizer import Recognizer
 from maskmatch.serve.app import KATEX, create_app, katex_folder
-from maskmatch.serve.inputs import strokes_grid
 from maskmatch.serve.load import SAMPLE_STROKES
 from maskmatch.serve.server import BackgroundServer
 from maskmatch.weights import save_weights
@@ -132,15 +131,17 @@ def test_attention_maps_each_token_and_leaves_the_answer_unchanged(client, recog
 
 @pytest.mark.parametrize("strokes", [INK_STROKES, SAMPLE_STROKES, [[[0, 0], [300, 2]]], [[[0, 0], [1, 40], [2, 80]]],
                                      [[[i * 20, 0], [i * 20 + 10, 10]] for i in range(60)]])
-def test_grid_maps_points_onto_the_rendered_ink(strokes):
-    """Pen points mapped through the grid land on the rendered ink's extent, give or take the pen's half width."""
+def test_the_render_says_where_it_drew_the_points(strokes):
+    """Pen points mapped through `place_strokes`' placement land on the rendered ink's extent: the ink reaches
+    half a pen width past them (and a pixel of anti-aliasing); the same image as `render_strokes`."""
     arrays = [np.array(s, float) for s in strokes]
-    image = render_strokes(arrays)
-    g = strokes_grid(arrays, image.shape, RenderConfig(), 16)
-    points = np.concatenate(arrays)
-    lo, hi = (points.min(0) - [g["x"], g["y"]]) * 16 / g["cell"], (points.max(0) - [g["x"], g["y"]]) * 16 / g["cell"]
+    image, p = place_strokes(arrays)
+    assert np.array_equal(image, render_strokes(arrays))
+    points = np.concatenate(arrays) * p.scale + [p.x, p.y]  # (n, 2) image pixels, x then y
     rows, cols = np.nonzero(image.any(1))[0], np.nonzero(image.any(0))[0]
-    np.testing.assert_allclose([lo[0], lo[1], hi[0], hi[1]], [cols[0], rows[0], cols[-1], rows[-1]], atol=2.5)
+    half = RenderConfig().stroke_width / 2
+    np.testing.assert_allclose(points.min(0) - half, [cols[0], rows[0]], atol=1.0)
+    np.testing.assert_allclose(points.max(0) + half, [cols[-1] + 1, rows[-1] + 1], atol=1.0)
 
 
 # ---------------------------------------------------------------- errors

@@ -96,20 +96,27 @@ def _fit(ext_h: float, ext_w: float, cfg: RenderConfig) -> float:
 
 def _finish(canvas: np.ndarray, ss: int, cfg: RenderConfig) -> np.ndarray:
     """uint8 canvas supersampled ss times -> box-filtered, cropped to the ink, padded, within bounds."""
+    return _finish_placed(canvas, ss, cfg)[0]
+
+
+def _finish_placed(canvas: np.ndarray, ss: int, cfg: RenderConfig) -> tuple[np.ndarray, int, int, float]:
+    """`_finish`, and where it put the reduced canvas: (image, top, left, k), canvas px (X, Y) / ss landing at
+    ((X / ss - left) k + padding, (Y / ss - top) k + padding)."""
     img = Image.fromarray(canvas)
     if ss > 1:
         img = img.reduce(ss)
     out = np.asarray(img)
     rows, cols = np.nonzero(out.any(1))[0], np.nonzero(out.any(0))[0]
     if rows.size == 0:  # cannot happen with a positive stroke width; keep a valid image anyway
-        return np.zeros((2 * cfg.padding + 1, 2 * cfg.padding + 1), np.uint8)
+        return np.zeros((2 * cfg.padding + 1, 2 * cfg.padding + 1), np.uint8), 0, 0, 1.0
     out = out[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     room_h, room_w = cfg.max_height - 2 * cfg.padding, cfg.max_width - 2 * cfg.padding
+    k = 1.0
     if out.shape[0] > room_h or out.shape[1] > room_w:  # rounding overshoot: a pixel or two at most
         k = min(room_h / out.shape[0], room_w / out.shape[1])
         size = (max(1, int(out.shape[1] * k)), max(1, int(out.shape[0] * k)))
         out = np.asarray(Image.fromarray(out).resize(size, Image.Resampling.BOX))
-    return np.pad(out, cfg.padding)
+    return np.pad(out, cfg.padding), int(rows[0]), int(cols[0]), k
 
 
 # ---------------------------------------------------------------- strokes
@@ -165,6 +172,15 @@ def _strokes_scale(strokes: list[np.ndarray], cfg: RenderConfig) -> float:
     return scale
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where `place_strokes` drew the input: image pixel = input point * scale + (x, y), both axes alike."""
+
+    scale: float
+    x: float
+    y: float
+
+
 def render_strokes(strokes: list[np.ndarray], cfg: RenderConfig = RenderConfig()) -> np.ndarray:
     """Pen strokes -> normalized uint8 image (H, W), ink 255 on 0.
 
@@ -173,6 +189,12 @@ def render_strokes(strokes: list[np.ndarray], cfg: RenderConfig = RenderConfig()
     would exceed cfg.max_height/max_width), with cfg.stroke_width wide round strokes and
     cfg.padding px of background around the ink. Raises ValueError when there is no point.
     """
+    return place_strokes(strokes, cfg)[0]
+
+
+def place_strokes(strokes: list[np.ndarray], cfg: RenderConfig = RenderConfig()) -> tuple[np.ndarray, Placement]:
+    """`render_strokes`, and the transform it applied to the points (for drawing over the image in the
+    strokes' own coordinates, as the page's attention overlay does)."""
     pts = [np.asarray(s, np.float64).reshape(-1, 2) for s in strokes]
     pts = [s[np.isfinite(s).all(axis=1)] for s in pts]
     pts = [s for s in pts if len(s)]
@@ -188,7 +210,10 @@ def render_strokes(strokes: list[np.ndarray], cfg: RenderConfig = RenderConfig()
     margin = width / 2 + 1
     shape = (int(np.ceil(ext_h * fit + 2 * margin)) * ss, int(np.ceil(ext_w * fit + 2 * margin)) * ss)
     canvas = _draw([(s * (scale * fit) + margin) * ss for s in pts], width * ss, shape)
-    return _finish(canvas, ss, cfg)
+    image, top, left, k = _finish_placed(canvas, ss, cfg)
+    s = scale * fit * k  # point - origin -> ((point - origin) scale fit + margin - crop) k + padding
+    return image, Placement(s, (margin - left) * k + cfg.padding - origin[0] * s,
+                            (margin - top) * k + cfg.padding - origin[1] * s)
 
 
 # ---------------------------------------------------------------- bitmaps

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
+from maskmatch.data.render import place_strokes
 from maskmatch.formats import mathml
 from maskmatch.recognizer import Recognizer
 from maskmatch.serve.inputs import BadRequest, Job, attention_payload, read_job
@@ -76,7 +77,11 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
     def recognize(job: Job) -> dict:
         """Runs on an inference thread."""
         start = time.perf_counter()
-        image = recognizer.preprocess(job.x)  # strokes: the InkML training renderer; images: normalize_bitmap
+        placement = None  # strokes: the InkML training renderer, with where it drew them; images: normalize_bitmap
+        if job.is_strokes:
+            image, placement = place_strokes(job.x, recognizer.render)
+        else:
+            image = recognizer.preprocess(job.x)
         r = recognizer.decode([image], job.beam, attention=job.attention, n_best=min(ALTERNATIVES, job.beam))[0]
         out = {"latex": r.latex, "tokens": r.tokens, "mathml": mathml(r.tokens), "score": round(r.score, 4),
                "confidence": r.confidence,
@@ -84,7 +89,7 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
                                  "score": round(a.score, 4), "confidence": a.confidence} for a in r.alternatives],
                "ms": round(1000 * (time.perf_counter() - start), 1)}
         if job.attention:
-            out["attention"] = attention_payload(r.attention, image, job, recognizer.render, stride)
+            out["attention"] = attention_payload(r.attention, image, placement, stride)
         return out
 
     @app.post("/api/recognize")

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from maskmatch.data.render import RenderConfig
+from maskmatch.data.render import Placement
 
 MAX_POINTS = 200_000  # pen points per request: far above a page of handwriting, bounds rendering time
 MAX_BEAM = 32
@@ -120,24 +120,6 @@ async def read_job(request: Request, default_beam: int) -> Job:
 # ---------------------------------------------------------------- attention on the page
 
 
-def strokes_grid(strokes: list[np.ndarray], shape: tuple[int, int], render: RenderConfig, stride: int) -> dict:
-    """Where the feature grid of the rendered image lies in the strokes' own coordinates.
-
-    `render_strokes` moves the ink's top-left point to the origin, scales by k and crops to the ink plus
-    `padding`, the ink reaching half a pen width past the points: image px = (x - x_min) k + padding + pen/2.
-    k follows from the image size (H, W) and the point extent along the longer side (to a pixel or so, a
-    small part of a 16 px cell). Returns {x, y, cell}: the grid's top-left corner and cell side, in input units.
-    """
-    points = np.concatenate(strokes)  # (n, 2)
-    lo, extent = points.min(0), np.ptp(points, 0)  # (2,), (2,) x then y
-    pen = render.stroke_width
-    side = 1 if extent[1] > extent[0] else 0  # 0: x (width), 1: y (height)
-    pixels = (shape[1], shape[0])[side] - 2 * render.padding - pen
-    k = pixels / extent[side] if extent[side] > 0 and pixels > 0 else 1.0  # image px per input unit
-    offset = render.padding + pen / 2
-    return {"x": float(lo[0] - offset / k), "y": float(lo[1] - offset / k), "cell": float(stride / k)}
-
-
 def image_png(image: np.ndarray) -> str:
     """A normalized uint8 image (H, W) -> a PNG data URL, drawn dark ink on white as people expect."""
     buffer = io.BytesIO()
@@ -145,14 +127,16 @@ def image_png(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def attention_payload(maps: np.ndarray, image: np.ndarray, job: Job, render: RenderConfig, stride: int) -> dict:
+def attention_payload(maps: np.ndarray, image: np.ndarray, placement: Placement | None, stride: int) -> dict:
     """maps (T, h, w) -> the API's `attention` field: one row-major list of h*w weights per token, and the
-    grid's place: in the strokes' coordinates for strokes, else in the returned normalized `image`."""
+    grid's place: in the strokes' coordinates (through the render's `placement`) for strokes, else in the
+    returned normalized `image`."""
     T, h, w = maps.shape
     payload: dict[str, Any] = {"rows": h, "cols": w,
                                "maps": [[round(float(v), 5) for v in m.ravel()] for m in maps]}
-    if job.is_strokes:
-        payload["grid"] = strokes_grid(job.x, image.shape, render, stride)
+    if placement is not None:  # image pixel = point * scale + offset: the image's corner and cells in points
+        p = placement
+        payload["grid"] = {"x": -p.x / p.scale, "y": -p.y / p.scale, "cell": stride / p.scale}
     else:
         payload["grid"] = {"x": 0.0, "y": 0.0, "cell": float(stride)}
         payload["image"] = image_png(image)

@@ -26,8 +26,20 @@ def test_continuations_add_up_their_cpu_hours(tmp_path):
     entries = add(history, manifest("c" * 64, 60.0, init={"file": "x.safetensors", "sha256": "a" * 64}))
     assert cumulative_hours(entries) == [4.0, 9.0, 6.0]
     text = markdown(entries, "maskmatch history")
-    assert "| 2 | bbbbbbbb | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | #1 (aaaaaaaa) |" in text
+    assert "| 2 | bbbbbbbb | yes | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | yes | #1 (aaaaaaaa) |" in text
     assert "25.00 / 30.00 | - / - | - / - |" in text
+
+
+def test_a_run_that_was_not_shipped_is_recorded_but_not_continued(tmp_path):
+    """A run kept out (--not-shipped) shows in the record; the next continuation of the shipped weights chains to
+    the model that was shipped, not to it."""
+    history = tmp_path / "history.json"
+    add(history, manifest("a" * 64, 120.0))
+    add(history, manifest("b" * 64, 150.0, config_init="src/maskmatch/assets/model.safetensors"), shipped=False)
+    entries = add(history, manifest("c" * 64, 60.0, config_init="src/maskmatch/assets/model.safetensors"))
+    assert cumulative_hours(entries) == [4.0, 9.0, 6.0]
+    text = markdown(entries, "maskmatch history")
+    assert "| 2 | bbbbbbbb | no | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | yes | #1 (aaaaaaaa) |" in text
 
 
 def test_shipping_again_replaces_the_entry(tmp_path):

@@ -1,8 +1,9 @@
-"""`maskmatch history`: the cumulative record of the shipped models, run after run, from their manifests.
+"""`maskmatch history`: the cumulative record of the runs' models, run after run, from their manifests.
 
-results/history.json holds one entry per shipped model (its sha256, what it started from, its run's
-minutes and CPU-hours, validation and test ExpRate), in the order they were shipped; `results --ship`
-adds the model it ships, `maskmatch history MANIFEST...` adds others. From it the command writes
+results/history.json holds one entry per run's model (its sha256, what it started from, its run's minutes
+and CPU-hours, validation and test ExpRate, whether it was shipped), in the order they were made; `results
+--ship` adds the model it ships, `maskmatch history MANIFEST...` adds others (`--not-shipped`: the models of
+runs that did not beat the shipped model on validation, so that the record shows every run). From it the command writes
 results/training-history.md and results/training-history.png (ExpRate against cumulative CPU-hours).
 An entry's CPU-hours add up along its chain of starting models.
 """
@@ -27,8 +28,8 @@ def cpu_hours(device: str, minutes: float) -> str:
     return f"{int(found[1] or 1) * int(found[2]) * minutes / 60:.2f}"
 
 
-def entry(manifest: dict) -> dict:
-    """One shipped model's record, from its manifest (`results --ship` has added its test scores)."""
+def entry(manifest: dict, shipped: bool = True) -> dict:
+    """One run's record, from its model's manifest (`results --ship` has added a shipped one's test scores)."""
     training, metrics = manifest.get("training") or {}, manifest.get("metrics") or {}
     init = training.get("init") or {}
     device, minutes = training.get("device", "unknown"), float(training.get("minutes", 0.0))
@@ -41,6 +42,7 @@ def entry(manifest: dict) -> dict:
         "device": device, "minutes": minutes, "cpu_hours": None if hours == "-" else float(hours),
         "validation": (metrics.get("validation") or {}).get("exprate"),
         "test": {split: {how: s["exprate"] for how, s in by.items()} for split, by in (metrics.get("test") or {}).items()},
+        "shipped": shipped,
     }
 
 
@@ -50,8 +52,8 @@ def parent(entries: list[dict], i: int) -> int | None:
     e = entries[i]
     if e["init_sha256"]:
         return next((j for j in range(i) if entries[j]["sha256"] == e["init_sha256"]), None)
-    if e["init"] and str(e["init"]).replace("\\", "/").endswith(SHIPPED_WEIGHTS) and i > 0:
-        return i - 1
+    if e["init"] and str(e["init"]).replace("\\", "/").endswith(SHIPPED_WEIGHTS):
+        return next((j for j in range(i - 1, -1, -1) if entries[j].get("shipped", True)), None)
     return None
 
 
@@ -64,10 +66,10 @@ def cumulative_hours(entries: list[dict]) -> list[float | None]:
     return out
 
 
-def add(history: Path, manifest: dict) -> list[dict]:
+def add(history: Path, manifest: dict, shipped: bool = True) -> list[dict]:
     """Adds (or replaces, by sha256) the manifest's entry in the history file; returns all entries."""
     entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
-    new = entry(manifest)
+    new = entry(manifest, shipped)
     entries = [e for e in entries if e["sha256"] != new["sha256"]] + [new]
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text(json.dumps(entries, indent=1) + "\n", "utf-8")
@@ -77,17 +79,20 @@ def add(history: Path, manifest: dict) -> list[dict]:
 def markdown(entries: list[dict], command: str) -> str:
     hours = cumulative_hours(entries)
     cell = lambda e, split, how: f"{e['test'][split][how]:.2f}" if how in e["test"].get(split, {}) else "-"  # noqa: E731
-    lines = ["# Training history", "", f"Written by `{command}` from the shipped models' manifests "
+    lines = ["# Training history", "", f"Written by `{command}` from the models' manifests "
              "(results/history.json); do not edit by hand.", "",
-             "Each row is a model that was shipped, in order. Test ExpRate (%) greedy / beam 10.", "",
-             "| # | model | started from | minutes | device | CPU-hours so far | validation | 2014 | 2016 | 2019 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Each row is a run's model, in order: shipped, or kept out because it did not beat the shipped model "
+             "on validation (its CPU-hours then count for no later model). Test ExpRate (%) greedy / beam 10.", "",
+             "| # | model | shipped | started from | minutes | device | CPU-hours so far | validation | 2014 | 2016 "
+             "| 2019 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, (e, h) in enumerate(zip(entries, hours)):
         p = parent(entries, i)
         start = f"#{p + 1} ({entries[p]['sha256'][:8]})" if p is not None else (f"`{e['init']}`" if e["init"] else "random")
         tests = " | ".join(f"{cell(e, s, 'greedy')} / {cell(e, s, 'beam')}" for s in ("2014", "2016", "2019"))
         val = f"{e['validation']:.2f}" if e["validation"] is not None else "-"
-        lines.append(f"| {i + 1} | {e['sha256'][:8]} | {start} | {e['minutes']:.1f} | {e['device']} | "
+        lines.append(f"| {i + 1} | {e['sha256'][:8]} | {'yes' if e.get('shipped', True) else 'no'} | {start} "
+                     f"| {e['minutes']:.1f} | {e['device']} | "
                      f"{h if h is not None else '-'} | {val} | {tests} |")
     lines += ["", "Commands, in order:", ""] + [f"{i + 1}. `{e['command']}`" for i, e in enumerate(entries)]
     return "\n".join(lines) + "\n"
@@ -129,19 +134,21 @@ def _history(args: argparse.Namespace) -> int:
     entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
     for path in args.manifests:
         try:
-            entries = add(history, read_manifest(Path(path)))
+            entries = add(history, read_manifest(Path(path)), shipped=not args.not_shipped)
         except ValueError as e:
             raise UserError(str(e)) from None
     if not entries:
         raise UserError(f"{history}: no history yet; name a shipped model's manifest")
-    write(out, entries, f"maskmatch history --out {args.out}")
+    write(out, entries, f"maskmatch history --out {args.out}")  # the record, whatever was added to it
     print(f"wrote {out}/training-history.md, training-history.png ({len(entries)} models)")
     return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("history", help="results/training-history.md: every shipped model, from the manifests")
+    p = commands.add_parser("history", help="results/training-history.md: every run's model, from the manifests")
     p.add_argument("manifests", nargs="*", metavar="WEIGHTS",
                    help="weights (.safetensors, its .json manifest beside it) to add, in the order they were shipped")
     p.add_argument("--out", default="results", metavar="DIR", help="where history.json is kept (default results)")
+    p.add_argument("--not-shipped", action="store_true",
+                   help="the models given were not shipped (they did not beat the shipped one on validation)")
     p.set_defaults(run=_history)

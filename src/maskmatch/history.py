@@ -81,8 +81,9 @@ def markdown(entries: list[dict], command: str) -> str:
     cell = lambda e, split, how: f"{e['test'][split][how]:.2f}" if how in e["test"].get(split, {}) else "-"  # noqa: E731
     lines = ["# Training history", "", f"Written by `{command}` from the models' manifests "
              "(results/history.json); do not edit by hand.", "",
-             "Each row is a run's model, in order: shipped, or kept out because it did not beat the shipped model "
-             "on validation (its CPU-hours then count for no later model). Test ExpRate (%) greedy / beam 10.", "",
+             "Each row is a run's model, in order: shipped, or kept out (another run's model was shipped instead, "
+             "or it did not beat the shipped one on validation; its CPU-hours then count for no later model). "
+             "Validation: the run's own, EMA greedy on the held-out slice. Test ExpRate (%) greedy / beam 10.", "",
              "| # | model | shipped | started from | minutes | device | CPU-hours so far | validation | 2014 | 2016 "
              "| 2019 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -72,10 +72,10 @@ def run_arms(args: argparse.Namespace) -> list[Path]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         argv = train_argv(*job, args, folder)
         print(f"ablation: {folder.name}: maskmatch {shlex.join(argv)} ({threads} threads)", flush=True)
-        log = open(folder.parent / f"{folder.name}.log", "ab")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        running.append((subprocess.Popen([sys.executable, "-m", "maskmatch", *argv], stdout=log,
-                                         stderr=subprocess.STDOUT, env=env), folder))
+        with open(folder.parent / f"{folder.name}.log", "ab") as log:  # the child keeps its own copy
+            running.append((subprocess.Popen([sys.executable, "-m", "maskmatch", *argv], stdout=log,
+                                             stderr=subprocess.STDOUT, env=env), folder))
     while running:
         wait_oldest()
     if failed:

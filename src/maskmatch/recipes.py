@@ -2,9 +2,10 @@
 
 Each RUN_DIR is a `maskmatch finetune` run (config.yaml, log.jsonl). The table gives, per run, its recipe (the
 encoder, the render scale of its data, plain renders or pre-rendered variants, the weights it started from),
-parameters, minutes, steps, its median training images/s, and its last validation on the held-out slice (token-level cross-entropy of the EMA model and greedy ExpRate) and its best
-validation ExpRate (the model a run exports); the figure draws each run's training loss against minutes. Writes
-OUT/recipes.md and OUT/recipes.png (or OUT/NAME.md and .png: `--name augmentation` for issue 12's table).
+parameters, minutes, steps, its median training images/s, its last validation on the held-out slice
+(token-level cross-entropy of the EMA model and greedy ExpRate) and its best validation ExpRate (the model a
+run exports); the figure draws each run's training loss against minutes. Writes OUT/recipes.md and
+OUT/recipes.png (or OUT/NAME.md and .png: `--name augmentation` for issue 12's table).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def training_data(config) -> str:
     """What an epoch shows: the plain renders, or one of K pre-rendered variants (data/variants.py) per expression."""
     import json
 
+    from maskmatch.data.variants import FOLDER
+
     if not config.data.variants:
         return "plain"
-    meta = Path(config.data.root) / config.data.train_split / "variants" / "meta.json"
+    meta = Path(config.data.root) / config.data.train_split / FOLDER / "meta.json"
     swaps = json.loads(meta.read_text("utf-8")).get("swap_share") if meta.is_file() else None
     return f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
 

@@ -36,6 +36,7 @@ CONVENTION = ("grayscale uint8 (H, W), ink bright (255) on a dark (0) background
               "reads image / 255 as float32 (B, 1, H, W), zero-padded at the bottom and right, with a "
               "(B, H, W) bool mask that is True on padding (data/batching.py collate)")
 RESERVED = ("format", "format_version", "maskmatch_version", "weights", "model", "vocabulary", "preprocessing")
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's state: tensors, not parameters
 PARTIAL = "modules"  # manifest key of a hand-off file: the top-level modules it holds (reserved there too)
 # ModelConfig fields that decide each top-level module's tensors and what it computes: a hand-off file's
 # module loads only into a model that agrees on them (dropout rates may differ). A module not listed is
@@ -198,7 +199,7 @@ def extract_modules(source: str | Path, target: str | Path, modules: list[str]) 
         raise ValueError(f"{source}: holds {sorted({_module(k) for k in tensors})}, not all of {sorted(modules)}")
     data = save_safetensors(kept, metadata={"format": "pt", FORMAT: str(FORMAT_VERSION)})
     weights = {**manifest["weights"], "file": Path(target).name, "sha256": hashlib.sha256(data).hexdigest(),
-               "parameters": sum(v.numel() for v in kept.values() if v.is_floating_point())}
+               "parameters": sum(v.numel() for k, v in kept.items() if not k.endswith(BUFFERS))}
     text = _manifest_text({**manifest, "weights": weights, PARTIAL: sorted(modules),
                            "extracted_from": {"file": source.name, "sha256": manifest["weights"]["sha256"]}})
     write_atomic(Path(target), lambda f: f.write(data))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import build_train_split
 
-from maskmatch.ablation import parse_name, run_name, train_argv
+from maskmatch.ablation import Job, parse_name, plan_jobs, run_name, train_argv
 from maskmatch.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,6 +34,8 @@ def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
                                         "C-none-labels050-seed0"}
     assert [line for line in text.splitlines() if line.startswith("| A | 50% | 0 | finetune ")]
     assert [line for line in text.splitlines() if line.startswith("| C-none | 100% | 0 | pretrain ")]
+    shared = [line for line in text.splitlines() if line.startswith("| C-none | 50% | 0 | pretrain ")]
+    assert shared and "pretrain" in shared[0] and shared[0].count("*") == 2  # stages 1 and 2 taken over
     assert (results / "ablation.png").is_file() and (results / "label-efficiency.png").is_file()
     assert "--skip-stage1 --skip-stage2" in text and "finetune.data.label_fraction=0.5" in text
     before = {r: (runs / r / "model.safetensors").stat().st_mtime_ns for r in (x["run"] for x in rows)}
@@ -44,13 +46,30 @@ def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
 def test_arm_arguments_and_names(tmp_path):
     class Args:
         preset, data, budget, overrides = "train-cpu", "data/crohme28", 30.0, []
-    argv = train_argv("B", 0.1, 1, Args, tmp_path / "B")
+    job = Job("B", 0.1, 1, tmp_path / "B", donor=tmp_path / "C")
+    argv = train_argv(job, Args)
     assert argv[:2] == ["train", "--preset"] and "--skip-stage2" in argv and "--skip-stage1" not in argv
     assert "model.fusion=none" in argv and "finetune.data.label_fraction=0.1" in argv and "1800" in argv
+    assert argv[argv.index("--reuse") + 1] == str(tmp_path / "C")
     (tmp_path / "B" ).mkdir()
     (tmp_path / "B" / "train.json").write_text("{}")
-    assert train_argv("B", 0.1, 1, Args, tmp_path / "B") == ["train", "--out", str(tmp_path / "B"), "--resume", "--quiet"]
+    assert train_argv(job, Args) == ["train", "--out", str(tmp_path / "B"), "--resume", "--quiet"]
     assert parse_name(run_name("C-tokens", 0.25, 2)) == ("C-tokens", 25.0, 2)
+
+
+def test_each_seed_trains_stages_1_and_2_once():
+    """The first arm of a seed running both stages goes first; B waits for its stage 1, the other C arms for its
+    stage 2, A for nothing; --a-seeds adds seeds of A at the first label share alone."""
+    class Args:
+        out, arms, labels, seeds, a_seeds = "runs", ["A", "B", "C-none", "C-gate"], [1.0, 0.1], 1, 2
+    jobs = plan_jobs(Args)
+    names = [j.folder.name for j in jobs]
+    assert names[0] == "C-none-labels100-seed0" and len(names) == len(set(names)) == 9
+    assert "A-labels100-seed1" in names and "A-labels010-seed1" not in names
+    waits = {j.folder.name: (j.donor and j.donor.name, j.waits_for) for j in jobs}
+    assert waits["B-labels010-seed0"] == ("C-none-labels100-seed0", "pretrain")
+    assert waits["C-gate-labels100-seed0"] == ("C-none-labels100-seed0", "attend")
+    assert waits["A-labels100-seed1"] == (None, None) and waits["C-none-labels100-seed0"] == (None, None)
 
 
 def test_ablation_mistakes_are_one_line(data_root, tmp_path, capsys):

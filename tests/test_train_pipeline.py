@@ -10,7 +10,7 @@ from conftest import build_train_split
 
 from maskmatch.cli import main
 from maskmatch.recognizer import Recognizer
-from maskmatch.train.pipeline import BudgetSplit, stage_configs
+from maskmatch.train.pipeline import BudgetSplit, _stage_seconds, stage_configs
 from maskmatch.weights import read_manifest
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets" / "train-tiny.yaml"
@@ -74,6 +74,32 @@ def test_without_fusion_stage_3_starts_from_stage_2s_encoder(data_root, tmp_path
     assert read_manifest(out / "attend" / "attend.safetensors")["modules"] == ["attention", "encoder"]
     assert yaml.safe_load((out / "finetune" / "config.yaml").read_text("utf-8"))["init"] == str(encoder)
     assert Recognizer.load(out / "model.safetensors").model.attention is None
+
+
+def test_a_run_takes_over_the_stages_it_would_repeat(run, data_root, tmp_path, capsys):
+    """--reuse: another fusion repeats stages 1 and 2 exactly (they build no fusion), so it copies them and
+    counts their minutes; another stage-1 seed changes stage 1 and, through its weights, stage 2."""
+    same = tmp_path / "tokens"
+    assert main(train_args(data_root, same, "--reuse", str(run), "--set", "model.fusion=tokens")) == 0
+    assert capsys.readouterr().out.count("taken over") == 2
+    state = json.loads((same / "train.json").read_text("utf-8"))
+    theirs = json.loads((run / "train.json").read_text("utf-8"))
+    assert set(state["reused"]) == {"pretrain", "attend"}
+    assert state["seconds"]["attend"] == theirs["seconds"]["attend"]
+    assert (same / "attend" / "attend.safetensors").read_bytes() == (run / "attend" / "attend.safetensors").read_bytes()
+    assert Recognizer.load(same / "model.safetensors").model.config.fusion == "tokens"
+    other = tmp_path / "seed1"
+    assert main(train_args(data_root, other, "--reuse", str(run), "--set", "pretrain.trainer.seed=1")) == 0
+    out = capsys.readouterr().out
+    assert "taken over" not in out and out.count("differs") == 3  # stage 3 too: its start differs
+
+
+def test_a_skipped_stage_gives_its_minutes_to_the_stages_after_it():
+    split = BudgetSplit(pretrain=0.25, attend=0.15, finetune=0.6)
+    assert _stage_seconds(1000, {"seconds": {}}, split, "pretrain") == 250  # with or without stage 2
+    assert _stage_seconds(1000, {"seconds": {"pretrain": 260}}, split, "finetune") == 740
+    assert _stage_seconds(1000, {"seconds": {}}, split, "attend") == 200  # no stage 1: 0.15 of 0.75
+    assert _stage_seconds(None, {"seconds": {}}, split, "attend") is None
 
 
 def test_budget_split_and_overrides_route_to_stages():

@@ -7,10 +7,14 @@ Arms (each at every --labels fraction of the labelled images; stages 1 and 2 alw
     C-none    stages 1, 2, 3; stage 3 starts from stage 2's encoder alone (fusion none)
     C-gate    stages 1, 2, 3 with gate fusion
     C-tokens  stages 1, 2, 3 with token fusion
-Each run goes to RUN_ROOT/ARM-labelsPP-seedS; a finished run (its model.safetensors) is kept, a started one is
-resumed, so the ablation can span sessions. `--parallel N` trains N arms at once, each on cores / N threads
-(side by side, as results/recipes.md's runs, so they share the machine alike). The report decodes each arm's
-model greedily, as `maskmatch validate` does, on its held-out slice and on the test splits found in --data.
+A skipped stage's minutes go to the stages after it (`maskmatch train`), so B's stage 1 is C's, and B gives
+stage 3 the minutes C spends in stage 2. The arms of one seed train stages 1 and 2 once: the first arm to run
+them is the donor, and the others take them over (`maskmatch train --reuse`) as they would have trained them,
+counting their minutes and CPU-hours as their own. Each run goes to RUN_ROOT/ARM-labelsPP-seedS; a finished
+run (its model.safetensors) is kept, a started one is resumed, so the ablation can span sessions.
+`--parallel N` trains N arms at once, each on cores / N threads (side by side, as results/recipes.md's runs,
+so they share the machine alike). The report decodes each arm's model greedily, as `maskmatch validate`
+does, on its held-out slice and on the test splits found in --data.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import os
 import shlex
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
+from maskmatch.train.pipeline import EXPORTS, PRESETS
 
 ARMS = {
     "A": (["--skip-stage1", "--skip-stage2"], "none"),
@@ -34,53 +41,107 @@ ARMS = {
     "C-tokens": ([], "tokens"),
 }
 TESTS = ("2014", "2016", "2019")
+POLL_S = 2.0  # how often the scheduler looks for finished arms and stages
 
 
 def run_name(arm: str, labels: float, seed: int) -> str:
     return f"{arm}-labels{round(100 * labels):03d}-seed{seed}"
 
 
-def train_argv(arm: str, labels: float, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
+@dataclass
+class Job:
+    arm: str
+    labels: float
+    seed: int
+    folder: Path
+    donor: Path | None = None  # the arm of this seed whose stages 1 (and 2) this one takes over
+    waits_for: str | None = None  # the donor's last stage this arm takes over
+
+
+def self_supervised(arm: str) -> list[str]:
+    """The stages before stage 3 an arm runs."""
+    flags = ARMS[arm][0]
+    return [s for s, skip in (("pretrain", "--skip-stage1"), ("attend", "--skip-stage2")) if skip not in flags]
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """Every (labels, arm, seed) in order; per seed, the first arm running the most stages before stage 3 is the
+    donor, listed first, and the other arms of that seed take over its stages 1 (and 2): the same config, time
+    and seed would train them bit for bit alike (stages 1 and 2 see every image and use no fusion)."""
+    root = Path(args.out)
+    jobs = []
+    for labels in args.labels:
+        for arm in args.arms:
+            seeds = args.a_seeds if arm == "A" and labels == args.labels[0] and args.a_seeds else args.seeds
+            jobs += [Job(arm, labels, seed, root / run_name(arm, labels, seed)) for seed in range(seeds)]
+    donors = {}
+    for job in jobs:
+        best = donors.get(job.seed)
+        if len(self_supervised(job.arm)) > (len(self_supervised(best.arm)) if best else 0):
+            donors[job.seed] = job
+    for job in jobs:
+        donor = donors.get(job.seed)
+        if donor is not None and job is not donor and self_supervised(job.arm):
+            job.donor, job.waits_for = donor.folder, self_supervised(job.arm)[-1]
+    return [j for j in jobs if j in donors.values()] + [j for j in jobs if j not in donors.values()]
+
+
+def train_argv(job: Job, args: argparse.Namespace) -> list[str]:
     """The `maskmatch train` arguments of one arm (a fresh run, or --resume of a started one)."""
+    out = job.folder
     if (out / "train.json").is_file():
         return ["train", "--out", str(out), "--resume", "--quiet"]
-    flags, fusion = ARMS[arm]
-    sets = [f"model.fusion={fusion}", f"finetune.data.label_fraction={labels}"]
-    sets += [f"{stage}.trainer.seed={seed}" for stage in ("pretrain", "attend", "finetune")]
+    flags, fusion = ARMS[job.arm]
+    sets = [f"model.fusion={fusion}", f"finetune.data.label_fraction={job.labels}"]
+    sets += [f"{stage}.trainer.seed={job.seed}" for stage in ("pretrain", "attend", "finetune")]
+    reuse = ["--reuse", str(job.donor)] if job.donor else []
     return ["train", "--preset", args.preset, "--data", args.data, "--out", str(out), "--time-budget",
-            f"{60 * args.budget:.0f}", "--quiet", *flags, *[w for s in sets + args.overrides for w in ("--set", s)]]
+            f"{60 * args.budget:.0f}", "--quiet", *flags, *reuse,
+            *[w for s in sets + args.overrides for w in ("--set", s)]]
+
+
+def stage_done(folder: Path, stage: str) -> bool:
+    """Whether a train run has finished `stage` (its hand-off written and its minutes counted)."""
+    try:
+        seconds = json.loads((folder / "train.json").read_text("utf-8")).get("seconds", {})
+    except (OSError, json.JSONDecodeError):
+        return False
+    return stage in seconds and (folder / stage / EXPORTS[stage]).is_file()
 
 
 def run_arms(args: argparse.Namespace) -> list[Path]:
-    """Trains every (labels, arm, seed) not yet finished, --parallel at a time -> their run folders."""
-    root = Path(args.out)
-    jobs = [(arm, labels, seed) for labels in args.labels for arm in args.arms for seed in range(args.seeds)]
-    folders = [root / run_name(*job) for job in jobs]
-    todo = [(job, folder) for job, folder in zip(jobs, folders) if not (folder / "model.safetensors").is_file()]
+    """Trains every job not yet finished, --parallel at a time, an arm starting once its donor has the stages it
+    takes over (or has stopped) -> every job's run folder."""
+    jobs = plan_jobs(args)
+    pending = [j for j in jobs if not (j.folder / "model.safetensors").is_file()]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
-    running: list[tuple[subprocess.Popen, Path]] = []  # oldest first; arms of one budget end about together
+    running: list[tuple[subprocess.Popen, Job]] = []
     failed = []
 
-    def wait_oldest() -> None:
-        process, folder = running.pop(0)
-        if process.wait() != 0:
-            failed.append(folder)
+    def ready(job: Job) -> bool:
+        active = {j.folder for j in pending} | {j.folder for _, j in running}
+        return job.donor is None or job.donor not in active or stage_done(job.donor, job.waits_for)
 
-    for job, folder in todo:
-        if len(running) >= args.parallel:
-            wait_oldest()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        argv = train_argv(*job, args, folder)
-        print(f"ablation: {folder.name}: maskmatch {shlex.join(argv)} ({threads} threads)", flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        with open(folder.parent / f"{folder.name}.log", "ab") as log:  # the child keeps its own copy
-            running.append((subprocess.Popen([sys.executable, "-m", "maskmatch", *argv], stdout=log,
-                                             stderr=subprocess.STDOUT, env=env), folder))
-    while running:
-        wait_oldest()
+    while pending or running:
+        for process, job in list(running):
+            if process.poll() is not None:
+                running.remove((process, job))
+                if process.returncode != 0:
+                    failed.append(job.folder)
+        while len(running) < args.parallel and (job := next((j for j in pending if ready(j)), None)):
+            pending.remove(job)
+            job.folder.parent.mkdir(parents=True, exist_ok=True)
+            argv = train_argv(job, args)
+            print(f"ablation: {job.folder.name}: maskmatch {shlex.join(argv)} ({threads} threads)", flush=True)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            with open(job.folder.parent / f"{job.folder.name}.log", "ab") as log:  # the child keeps its own copy
+                running.append((subprocess.Popen([sys.executable, "-m", "maskmatch", *argv], stdout=log,
+                                                 stderr=subprocess.STDOUT, env=env), job))
+        if pending or running:
+            time.sleep(POLL_S)
     if failed:
         raise UserError(f"{len(failed)} arm(s) failed, e.g. {failed[0]} (see {failed[0]}.log); rerun to resume them")
-    return folders
+    return [j.folder for j in jobs]
 
 
 def measure(folder: Path, data: Path, tests: list[str]) -> dict:
@@ -98,7 +159,8 @@ def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     for split in tests:
         if (data / split / "caption.txt").is_file():
             scores[split] = evaluate_split(rec, data / split, 1, 16)[0]["exprate"]
-    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()},
+    reused = json.loads((folder / "train.json").read_text("utf-8")).get("reused", {})
+    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()}, "reused": reused,
             "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
             "val_exprate": validation, "val_n": n, "tests": scores, "command": rec.manifest.get("command"),
             "curve": validation_curve(folder)}
@@ -124,11 +186,15 @@ def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
              f"Made by `{command}`; do not edit by hand. Each arm trained with `maskmatch train` for the same "
              "budget (its stages' minutes below), was selected on the held-out slice of train alone, and is "
              "decoded greedily with the grammar, as `maskmatch validate` does. Labels: the share of labelled "
-             "training images stage 3 saw (stages 1 and 2 see every image).", "", head,
+             "training images stage 3 saw (stages 1 and 2 see every image). A stage marked * was trained once "
+             "for every arm of its seed, by the first to run it, and taken over by the others (`maskmatch train "
+             "--reuse`: the same config, minutes and seed); each arm counts its minutes and CPU-hours in full.",
+             "", head,
              "|" + "---|" * len(columns)]
     for r in rows:
         arm, labels, seed = parse_name(r["run"])
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items() if v is not None)
+        stages = ", ".join(f"{k} {v:.1f}{'*' if k in r.get('reused', {}) else ''}"
+                           for k, v in r["stages"].items() if v is not None)
         hours = "-" if r["cpu_hours"] is None else f"{r['cpu_hours']:.2f}"
         cells = [f"{r['tests'][t]:.2f}" if t in r["tests"] else "-" for t in tests]
         lines.append("| " + " | ".join([arm, f"{labels:g}%", str(seed), stages, hours, f"{r['val_exprate']:.2f}",
@@ -196,8 +262,6 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 def _ablation(args: argparse.Namespace) -> int:
-    from maskmatch.train.pipeline import PRESETS
-
     if args.preset not in PRESETS:
         raise UserError(f"--preset {args.preset!r}: one of {', '.join(PRESETS)}")
     unknown = [a for a in args.arms if a not in ARMS]
@@ -235,6 +299,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help=f"comma-separated (default all: {','.join(ARMS)})")
     p.add_argument("--labels", type=_shares, default=[1.0], help="label shares, e.g. 1,0.1 (default 1)")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="seeds 0..N-1 of every arm (default 1)")
+    p.add_argument("--a-seeds", type=positive_int, metavar="N",
+                   help="seeds of arm A at the first --labels share (default --seeds): two or more give the spread "
+                        "that says whether the budget separates the arms")
     p.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="arms trained at once (default 1)")
     p.add_argument("--preset", default="train-cpu", help="the train preset of every arm (default train-cpu)")
     p.add_argument("--data", default="data/crohme28", metavar="DIR", help="built data (default data/crohme28)")

@@ -9,9 +9,14 @@ runs as its own command would, in RUN_DIR/<stage>/, starting from the weights th
 With model.fusion none, stage 3 has no module for stage 2's attention network: it starts from the encoder
 that stage 2 trained (attend/encoder.safetensors, cut from attend.safetensors).
 
-A stage's time is its share of what is left when it starts, so time a stage leaves unused goes to the
-stages after it. `--resume` skips the stages that exported their weights, resumes the one that has a
-last.ckpt, and starts the rest. RUN_DIR/model.safetensors is the final model in the shipped-weights
+A stage's time is its share of what is left when it starts, among itself and the stages after it, skipped
+ones included: time a stage leaves unused, and a skipped stage's share, go to the stages after it (so a run
+without stage 2 gives stage 1 the minutes a run with it does). `--resume` skips the stages that exported
+their weights, resumes the one that has a last.ckpt, and starts the rest. `--reuse OTHER_RUN` takes over
+the finished stages of another train run that this one would repeat exactly (same config but for the
+fusion, which stages 1 and 2 do not use; same time budget; same starting weights): their folders are
+copied and their minutes count as this run's, as if it had trained them (the ablation's arms share stage 1
+and 2 so). RUN_DIR/model.safetensors is the final model in the shipped-weights
 format, its manifest naming each stage's device, minutes and command.
 """
 
@@ -156,6 +161,8 @@ def _train(args: argparse.Namespace) -> int:
     state = _state(run_dir) if args.resume else {}
     budget = args.time_budget if args.time_budget is not None else state.get("time_budget")
     state.update(stages=stages, time_budget=budget, command=state.get("command") or _command_line(args))
+    if args.reuse:
+        state["reuse"] = args.reuse  # --resume goes on taking over from it
     state.setdefault("seconds", {})
     (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
     if not args.resume:
@@ -172,18 +179,21 @@ def _train(args: argparse.Namespace) -> int:
         if stage == "finetune" and previous is not None and previous.name == EXPORTS["attend"] \
                 and configs["finetune"].model.fusion == "none":
             previous = encoder_only(previous)
-        if (folder / "last.ckpt").is_file():
+        seconds = _stage_seconds(budget, state, split, stage)
+        resuming = (folder / "last.ckpt").is_file()
+        other = state.get("reuse")
+        if other and not resuming and _take_over(Path(other), run_dir, stage, configs[stage], seconds, previous, state):
+            previous = export
+            continue
+        if resuming:
             argv.append("--resume")
         else:
             stage_yaml = run_dir / f"{stage}.yaml"
             stage_yaml.write_text(yaml.safe_dump(to_dict(configs[stage]), sort_keys=False), "utf-8")
             argv += ["--config", str(stage_yaml)] + (["--init", str(previous)] if previous else [])
-        if budget is not None:
-            left = budget - sum(state["seconds"].values())
-            shares = [getattr(split, s) for s in stages[i:]]
-            seconds = left * shares[0] / sum(shares) if sum(shares) else left / len(shares)
+        if seconds is not None:
             if seconds < 10:
-                raise UserError(f"the time budget is spent before {stage} ({left:.0f} s left); give a larger one")
+                raise UserError(f"the time budget is spent before {stage} ({seconds:.0f} s for it); give a larger one")
             argv += ["--time-budget", f"{seconds:.0f}"]
         print(f"train: stage {i + 1}/{len(stages)}: maskmatch {shlex.join(argv)}", flush=True)
         start = time.monotonic()
@@ -198,6 +208,48 @@ def _train(args: argparse.Namespace) -> int:
     minutes = ", ".join(f"{s} {state['seconds'][s] / 60:.1f} min" for s in stages if s in state["seconds"])
     print(f"train: wrote {final} (+ .json): {minutes}")
     return 0
+
+
+def _stage_seconds(budget: float | None, state: dict, split: BudgetSplit, stage: str) -> float | None:
+    """The seconds a stage is planned: its share of what is left among itself and every stage after it (run or
+    skipped, so a skipped stage's share goes to the stages after it); stage 3, the last, gets all that is left."""
+    if budget is None:
+        return None
+    left = budget - sum(state["seconds"].values())
+    shares = [getattr(split, s) for s in STAGES[STAGES.index(stage):]]
+    return float(f"{left * shares[0] / sum(shares) if sum(shares) else left / len(shares):.0f}")
+
+
+def _take_over(other: Path, run_dir: Path, stage: str, config, seconds: float | None, previous: Path | None,
+               state: dict) -> bool:
+    """Copies OTHER's finished `stage` into RUN_DIR if this run would train it exactly so; False if not."""
+    from maskmatch.config import to_dict
+    from maskmatch.weights import read_manifest
+
+    export = other / stage / EXPORTS[stage]
+    spent = _state(other).get("seconds", {}).get(stage)
+    try:
+        theirs = read_manifest(export)["training"]
+    except (ValueError, KeyError):
+        return False
+    mine = json.loads(json.dumps({**to_dict(config), "init": None}))  # as the manifest holds it: lists, not tuples
+    mine["trainer"] = {**mine["trainer"], "time_budget": seconds}
+    done = {**theirs.get("config", {}), "init": None}
+    if stage != "finetune":  # stages 1 and 2 build no fusion module: a run differing only there repeats them
+        mine["model"] = {**mine["model"], "fusion": None}
+        done["model"] = {**done.get("model", {}), "fusion": None}
+    mine_init = read_manifest(previous)["weights"]["sha256"] if previous else None
+    if spent is None or mine != done or mine_init != (theirs.get("init") or {}).get("sha256"):
+        print(f"train: {stage} of {other} differs from this run's; training it here", flush=True)
+        return False
+    shutil.copytree(other / stage, run_dir / stage, dirs_exist_ok=True)
+    if (other / f"{stage}.yaml").is_file():
+        shutil.copyfile(other / f"{stage}.yaml", run_dir / f"{stage}.yaml")
+    state["seconds"][stage] = spent
+    state.setdefault("reused", {})[stage] = str(other)
+    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+    print(f"train: {stage} taken over from {other} ({spent / 60:.1f} min, counted as this run's)", flush=True)
+    return True
 
 
 def encoder_only(attend_export: Path) -> Path:
@@ -242,6 +294,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words = ["--data", args.data] if args.data else []
     words += ["--skip-stage1"] if args.skip_stage1 else []
     words += ["--skip-stage2"] if args.skip_stage2 else []
+    words += ["--reuse", args.reuse] if args.reuse else []
     return shlex.join([*shlex.split(command_line(args, "train")), *words])
 
 
@@ -256,6 +309,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: one sub-folder per stage, model.safetensors")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="for all stages, split by budget_split")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR: finished stages are skipped")
+    p.add_argument("--reuse", metavar="OTHER_RUN",
+                   help="take over OTHER_RUN's finished stages where this run would repeat them exactly (ablations)")
     p.add_argument("--skip-stage1", action="store_true", help="no self-supervised pretraining (ablation)")
     p.add_argument("--skip-stage2", action="store_true", help="no Mask & Match attention stage (ablation)")
     p.add_argument("--devices", type=positive_int, default=1, help="devices per node (default 1; >1 uses DDP)")

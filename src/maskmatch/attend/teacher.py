@@ -9,11 +9,12 @@ that its targets never depend on averaged running statistics that lag behind its
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
+
+from maskmatch.train.ema import EMA
 
 
 def teacher_momentum(progress: float, start: float, end: float) -> float:
@@ -22,28 +23,14 @@ def teacher_momentum(progress: float, start: float, end: float) -> float:
     return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-class Teacher(nn.Module):
-    """A frozen copy of `student` (a module with `encoder` and `attention`), updated by `update`:
+class Teacher(EMA):
+    """A frozen copy of `student` (a module with `encoder` and `attention`), updated by `update(student, m)`:
 
         teacher <- m * teacher + (1 - m) * student   (parameters; buffers are copied)
     """
 
     def __init__(self, student: nn.Module):
-        super().__init__()
-        self.module = copy.deepcopy(student).requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, student: nn.Module, momentum: float) -> None:
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"momentum {momentum} must lie in [0, 1]")
-        mine, theirs = dict(self.module.named_parameters()), dict(student.named_parameters())
-        if mine.keys() != theirs.keys():
-            raise ValueError("the student's parameters differ from the teacher's")
-        keys = list(mine)
-        torch._foreach_lerp_([mine[k] for k in keys], [theirs[k].detach() for k in keys], 1.0 - momentum)
-        student_buffers = dict(student.named_buffers())
-        for name, buffer in self.module.named_buffers():
-            buffer.copy_(student_buffers[name])
+        super().__init__(student, average_buffers=False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:

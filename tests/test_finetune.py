@@ -402,3 +402,15 @@ def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     assert cells[1].endswith(" M") and float(cells[4]) > 0 and float(cells[6]) > 0 and cells[7].endswith("%")
     assert main(["train-benchmark", "nosuch"]) == 2
     assert row in table.read_text("utf-8") and "maskmatch train-benchmark tiny:" in table.read_text("utf-8")
+
+
+def test_train_benchmark_times_stages_1_and_2_in_their_own_loops(data_root, capsys):
+    """A pretrain-* or attend-* preset runs that stage's Lightning loop (views, masking, teacher): a row each."""
+    sets = f"data.root={data_root},data.val_size=8"
+    assert main(["train-benchmark", f"pretrain-tiny:{sets}", f"attend-tiny:{sets}", "--batches", "2",
+                 "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| pretrain-", "| attend-"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[4]) > 0 and float(cells[5]) > 0, row  # images/s, GFLOP per image

@@ -7,6 +7,10 @@ label-smoothed loss, backward, gradient clipping, AdamW with its schedule, the E
 over the wall time of all of it, data loading and collation included (an epoch's rate, large expressions
 counted as they come; one warm-up batch excluded). FLOPs are counted by PyTorch's FlopCounterMode on the same
 batches (forward and backward), so achieved GFLOP/s can be read against the machine's fp32 matmul rate.
+
+A recipe of stage 1 or 2 (a pretrain-* or attend-* preset) runs the stage's own Lightning loop, as `maskmatch
+pretrain` or `attend` trains (views and point sampling, masking, the teacher's forward, losses, optimizer),
+for the same batches after one warm-up step; its FLOPs are counted over a second pass of those steps.
 """
 
 from __future__ import annotations
@@ -23,20 +27,74 @@ from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 
 
+def recipe_stage(spec: str) -> str:
+    """The stage a recipe trains: pretrain-* and attend-* presets are stages 1 and 2, the rest stage 3."""
+    preset = spec.partition(":")[0]
+    return next((s for s in ("pretrain", "attend") if preset.startswith(f"{s}-")), "finetune")
+
+
 def recipe_config(spec: str):
-    """'cpu' or 'small:data.root=data/crohme,data.workers=0' -> FinetuneConfig."""
+    """'cpu', 'pretrain-cpu' or 'small:data.root=data/crohme,data.workers=0' -> that stage's config."""
     import yaml
 
     from maskmatch.config import from_dict, override
-    from maskmatch.train.config import FinetuneConfig
+    from maskmatch.train.pipeline import stage_classes
 
     preset, _, sets = spec.partition(":")
     try:
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
     except FileNotFoundError:
         raise UserError(f"recipe {spec!r}: no preset {preset!r}") from None
-    config = from_dict(FinetuneConfig, yaml.safe_load(text))
+    config = from_dict(stage_classes()[recipe_stage(spec)], yaml.safe_load(text))
     return override(config, [s for s in sets.split(",") if s])
+
+
+def measure_stage(name: str, config, batches: int, seed: int) -> dict:
+    """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), then counts the FLOPs
+    of the same steps in a second pass."""
+    import lightning as L
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from maskmatch.attend.commands import stage as attend_stage
+    from maskmatch.pretrain.commands import stage as pretrain_stage
+
+    stage = {"pretrain": pretrain_stage, "attend": attend_stage}[name]()
+
+    class Clock(L.Callback):
+        images, every_image, pixels, start, seconds = 0, 0, 0, 0.0, 0.0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.every_image += len(batch)  # the warm-up step's too
+            if batch_idx == 0:
+                self.start = time.perf_counter()
+            else:
+                self.images += len(batch)
+                self.pixels += int((~batch.mask).sum())
+                self.seconds = time.perf_counter() - self.start
+
+    def fit(clock: Clock):
+        torch.manual_seed(seed)
+        data = stage.make_data(config)
+        module = stage.make_module(config, data, False)
+        module.total_steps = 10**6  # the schedule's length, as the budget planner would fix it: warm-up here
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=batches + 1, limit_val_batches=0,
+                            num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+        trainer.fit(module, datamodule=data)
+        return module, data
+
+    timed = Clock()
+    module, data = fit(timed)
+    counted = Clock()
+    with FlopCounterMode(display=False) as counter:
+        fit(counted)
+    per_image = counter.get_total_flops() / counted.every_image / 1e9
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)  # not the stage-2 teacher's copy
+    return {"parameters": trained, "images": timed.images,
+            "seconds": timed.seconds, "images_per_s": timed.images / timed.seconds, "gflop_per_image": per_image,
+            "achieved_gflops": per_image * timed.images / timed.seconds, "mean_pixels": timed.pixels / timed.images,
+            "symbol_size": float(data.cache.render_config.get("symbol_size", 0))}
 
 
 def measure(config, batches: int, seed: int) -> dict:
@@ -123,7 +181,10 @@ def _run(args: argparse.Namespace) -> int:
     rows = []
     for spec in args.recipes:
         try:
-            row = measure(recipe_config(spec), args.batches, args.seed)
+            stage = recipe_stage(spec)
+            config = recipe_config(spec)
+            row = measure(config, args.batches, args.seed) if stage == "finetune" else \
+                measure_stage(stage, config, args.batches, args.seed)
         except (ValueError, FileNotFoundError) as e:
             raise UserError(f"recipe {spec!r}: {e}") from None
         rows.append({"recipe": spec, **row})

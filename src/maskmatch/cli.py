@@ -23,6 +23,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.export",  # export --onnx
     "maskmatch.attention_command",  # attention: maps over an image
+    "maskmatch.foreign_command",  # foreign: a test split drawn by someone else's pipeline
     "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results
     "maskmatch.history",  # history: every shipped model

@@ -1,0 +1,62 @@
+"""`maskmatch foreign`: real 2014 InkML drawn by plain PIL lines in each style, read as users' files by the shipped
+model, the table beside our own renders."""
+
+import io
+
+import numpy as np
+import pytest
+from conftest import read_members
+from PIL import Image
+
+from maskmatch.cli import main
+from maskmatch.data.build import build
+from maskmatch.data.foreign import STYLES, render_foreign
+from maskmatch.data.inkml import read_inkml
+from maskmatch.recognizer import Recognizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FILES = ["2014/18_em_0.inkml", "2014/18_em_1.inkml", "2014/18_em_10.inkml"]
+
+
+@pytest.fixture(scope="module")
+def source(crohme_archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("source") / "crohme"
+    for name, data in read_members(crohme_archive, FILES).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_styles_are_pure_functions_of_the_strokes_and_seed(source):
+    strokes = read_inkml(source / FILES[0]).strokes
+    for style in STYLES:
+        data, suffix = render_foreign(strokes, style, seed=3)
+        assert render_foreign(strokes, style, seed=3) == (data, suffix), style
+        gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        assert gray.min() < 128 < np.median(gray), style  # dark ink on light paper
+    assert render_foreign(strokes, "thin")[1] == ".png" and render_foreign(strokes, "scan")[1] == ".jpg"
+    with pytest.raises(ValueError, match="unknown style"):
+        render_foreign(strokes, "crayon")
+
+
+def test_the_table_sets_each_style_beside_our_own_renders(source, tmp_path, capsys):
+    data = tmp_path / "data"
+    build(source, data, workers=1, progress=False, render=Recognizer.load(device="cpu").render)
+    keep, results = tmp_path / "renders", tmp_path / "results"
+    argv = ["foreign", str(source), "--data", str(data), "--beam", "1", "--device", "cpu", "--keep", str(keep),
+            "--out", str(results)]
+    assert main(argv) == 0
+    rows = [line for line in (results / "foreign.md").read_text("utf-8").splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| ours", "| ours-as-files", "| thin", "| marker", "| scan"]
+    assert all(r.split(" | ")[2] == "3" for r in rows[1:])
+    assert len(list((keep / "scan" / "img").glob("*.jpg"))) == 3
+    assert (keep / "thin" / "caption.txt").read_text("utf-8") == (data / "2014" / "caption.txt").read_text("utf-8")
+
+
+def test_mistakes_are_one_line(source, tmp_path, capsys):
+    assert main(["foreign", str(source), "--data", str(tmp_path)]) == 2
+    assert "no built split" in capsys.readouterr().err
+    (tmp_path / "2014").mkdir()
+    (tmp_path / "2014" / "caption.txt").write_text("a\tx\n")
+    assert main(["foreign", str(source), "--data", str(tmp_path), "--styles", "crayon"]) == 2
+    assert "unknown style 'crayon'" in capsys.readouterr().err

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import build_train_split
 
-from maskmatch.ablation import Job, parse_name, plan_jobs, run_name, train_argv
+from maskmatch.ablation import Job, plan_jobs, train_argv
+from maskmatch.ablation_report import parse_name, run_name
 from maskmatch.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

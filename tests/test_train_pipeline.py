@@ -10,7 +10,8 @@ from conftest import build_train_split
 
 from maskmatch.cli import main
 from maskmatch.recognizer import Recognizer
-from maskmatch.train.pipeline import BudgetSplit, _stage_seconds, stage_configs
+from maskmatch.train.pipeline import stage_configs
+from maskmatch.train.stages import BudgetSplit, stage_seconds
 from maskmatch.weights import read_manifest
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets" / "train-tiny.yaml"
@@ -96,10 +97,10 @@ def test_a_run_takes_over_the_stages_it_would_repeat(run, data_root, tmp_path, c
 
 def test_a_skipped_stage_gives_its_minutes_to_the_stages_after_it():
     split = BudgetSplit(pretrain=0.25, attend=0.15, finetune=0.6)
-    assert _stage_seconds(1000, {"seconds": {}}, split, "pretrain") == 250  # with or without stage 2
-    assert _stage_seconds(1000, {"seconds": {"pretrain": 260}}, split, "finetune") == 740
-    assert _stage_seconds(1000, {"seconds": {}}, split, "attend") == 200  # no stage 1: 0.15 of 0.75
-    assert _stage_seconds(None, {"seconds": {}}, split, "attend") is None
+    assert stage_seconds(1000, {"seconds": {}}, split, "pretrain") == 250  # with or without stage 2
+    assert stage_seconds(1000, {"seconds": {"pretrain": 260}}, split, "finetune") == 740
+    assert stage_seconds(1000, {"seconds": {}}, split, "attend") == 200  # no stage 1: 0.15 of 0.75
+    assert stage_seconds(None, {"seconds": {}}, split, "attend") is None
 
 
 def test_budget_split_and_overrides_route_to_stages():

@@ -29,9 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskmatch.ablation_report import markdown, measure, plot, run_name
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
-from maskmatch.train.pipeline import EXPORTS, PRESETS
+from maskmatch.train.pipeline import PRESETS
+from maskmatch.train.stages import stage_done
 
 ARMS = {
     "A": (["--skip-stage1", "--skip-stage2"], "none"),
@@ -42,10 +44,6 @@ ARMS = {
 }
 TESTS = ("2014", "2016", "2019")
 POLL_S = 2.0  # how often the scheduler looks for finished arms and stages
-
-
-def run_name(arm: str, labels: float, seed: int) -> str:
-    return f"{arm}-labels{round(100 * labels):03d}-seed{seed}"
 
 
 @dataclass
@@ -100,15 +98,6 @@ def train_argv(job: Job, args: argparse.Namespace) -> list[str]:
             *[w for s in sets + args.overrides for w in ("--set", s)]]
 
 
-def stage_done(folder: Path, stage: str) -> bool:
-    """Whether a train run has finished `stage` (its hand-off written and its minutes counted)."""
-    try:
-        seconds = json.loads((folder / "train.json").read_text("utf-8")).get("seconds", {})
-    except (OSError, json.JSONDecodeError):
-        return False
-    return stage in seconds and (folder / stage / EXPORTS[stage]).is_file()
-
-
 def run_arms(args: argparse.Namespace) -> list[Path]:
     """Trains every job not yet finished, --parallel at a time, an arm starting once its donor has the stages it
     takes over (or has stopped) -> every job's run folder."""
@@ -142,123 +131,6 @@ def run_arms(args: argparse.Namespace) -> list[Path]:
     if failed:
         raise UserError(f"{len(failed)} arm(s) failed, e.g. {failed[0]} (see {failed[0]}.log); rerun to resume them")
     return [j.folder for j in jobs]
-
-
-def measure(folder: Path, data: Path, tests: list[str]) -> dict:
-    """One finished arm: its stages' minutes and CPU-hours, held-out and test ExpRate (greedy, with the grammar)."""
-    from maskmatch.history import cpu_hours
-    from maskmatch.inference_commands import evaluate_split
-    from maskmatch.recognizer import Recognizer
-    from maskmatch.validation import held_out_exprate
-
-    rec = Recognizer.load(folder / "model.safetensors", "cpu")
-    stages = rec.manifest["training"]["stages"]
-    hours = [cpu_hours(s.get("device") or "", s.get("minutes") or 0.0) for s in stages.values()]
-    validation, n = held_out_exprate(rec, data)
-    scores = {}
-    for split in tests:
-        if (data / split / "caption.txt").is_file():
-            scores[split] = evaluate_split(rec, data / split, 1, 16)[0]["exprate"]
-    reused = json.loads((folder / "train.json").read_text("utf-8")).get("reused", {})
-    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()}, "reused": reused,
-            "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
-            "val_exprate": validation, "val_n": n, "tests": scores, "command": rec.manifest.get("command"),
-            "curve": validation_curve(folder)}
-
-
-def validation_curve(folder: Path) -> list[tuple[float, float]]:
-    """(minutes since the arm started, stage 3's validation ExpRate) from finetune/log.jsonl and train.json."""
-    from maskmatch.train.callbacks import read_log
-
-    state = json.loads((folder / "train.json").read_text("utf-8"))
-    before = sum(v for k, v in state.get("seconds", {}).items() if k != "finetune") / 60
-    log = folder / "finetune" / "log.jsonl"
-    records = read_log(log) if log.is_file() else []
-    return [(before + r["elapsed_s"] / 60, r["val_exprate"]) for r in records
-            if "val_exprate" in r and "event" not in r and "elapsed_s" in r]
-
-
-def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
-    columns = ["arm", "labels", "seed", "stages (minutes)", "CPU-hours", "validation ExpRate (%)",
-               *(f"{t} greedy (%)" for t in tests)]
-    head = "| " + " | ".join(columns) + " |"
-    lines = ["# Does Mask & Match pay? The equal-budget ablation", "",
-             f"Made by `{command}`; do not edit by hand. Each arm trained with `maskmatch train` for the same "
-             "budget (its stages' minutes below), was selected on the held-out slice of train alone, and is "
-             "decoded greedily with the grammar, as `maskmatch validate` does. Labels: the share of labelled "
-             "training images stage 3 saw (stages 1 and 2 see every image). A stage marked * was trained once "
-             "for every arm of its seed, by the first to run it, and taken over by the others (`maskmatch train "
-             "--reuse`: the same config, minutes and seed); each arm counts its minutes and CPU-hours in full.",
-             "", head,
-             "|" + "---|" * len(columns)]
-    for r in rows:
-        arm, labels, seed = parse_name(r["run"])
-        stages = ", ".join(f"{k} {v:.1f}{'*' if k in r.get('reused', {}) else ''}"
-                           for k, v in r["stages"].items() if v is not None)
-        hours = "-" if r["cpu_hours"] is None else f"{r['cpu_hours']:.2f}"
-        cells = [f"{r['tests'][t]:.2f}" if t in r["tests"] else "-" for t in tests]
-        lines.append("| " + " | ".join([arm, f"{labels:g}%", str(seed), stages, hours, f"{r['val_exprate']:.2f}",
-                                        *cells]) + " |")
-    spread = seed_spread(rows)
-    if spread:
-        lines += ["", "Spread of arm A across seeds (validation ExpRate, max - min): " +
-                  ", ".join(f"{labels:g}% labels: {s:.2f} points" for labels, s in spread.items()) +
-                  "; arms closer than this are not separated by this budget."]
-    lines += ["", "![validation ExpRate against minutes](ablation.png)", ""]
-    if len({parse_name(r["run"])[1] for r in rows}) > 1:
-        lines += ["![ExpRate against the share of labels](label-efficiency.png)", ""]
-    lines += ["Commands:", ""] + [f"- {r['run']}: `{r['command']}`" for r in rows] + [""]
-    return "\n".join(lines)
-
-
-def parse_name(name: str) -> tuple[str, float, int]:
-    arm, labels, seed = name.rsplit("-", 2)
-    return arm, float(labels.removeprefix("labels")), int(seed.removeprefix("seed"))
-
-
-def seed_spread(rows: list[dict]) -> dict[float, float]:
-    """Arm A's validation spread across seeds, per label share (only where it has two seeds or more)."""
-    by_labels: dict[float, list[float]] = {}
-    for r in rows:
-        arm, labels, _ = parse_name(r["run"])
-        if arm == "A":
-            by_labels.setdefault(labels, []).append(r["val_exprate"])
-    return {k: max(v) - min(v) for k, v in by_labels.items() if len(v) > 1}
-
-
-def plot(rows: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        if r["curve"]:
-            minutes, exprate = zip(*r["curve"])
-            ax.plot(minutes, exprate, marker=".", label=r["run"])
-    ax.set_xlabel("minutes since the arm started (stage 3's validations)")
-    ax.set_ylabel("validation ExpRate (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=100)
-    plt.close(fig)
-    shares = sorted({parse_name(r["run"])[1] for r in rows})
-    if len(shares) < 2:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
-        points = sorted((parse_name(r["run"])[1], r["val_exprate"]) for r in rows if parse_name(r["run"])[0] == arm)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=arm)
-    ax.set_xscale("log")
-    ax.set_xticks(shares, [f"{s:g}%" for s in shares])
-    ax.set_xlabel("labelled training images used by stage 3")
-    ax.set_ylabel("validation ExpRate (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "label-efficiency.png", dpi=100)
-    plt.close(fig)
 
 
 def _ablation(args: argparse.Namespace) -> int:

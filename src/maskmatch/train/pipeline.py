@@ -27,29 +27,15 @@ import json
 import shlex
 import shutil
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
+from maskmatch.train.stages import EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over
 
-STAGES = ("pretrain", "attend", "finetune")
-EXPORTS = {"pretrain": "encoder.safetensors", "attend": "attend.safetensors", "finetune": "model.safetensors"}
 PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
-STATE = "train.json"  # the seconds each stage has spent, kept across sessions
 ENCODER_ONLY = "encoder.safetensors"  # beside attend.safetensors: its encoder alone (fusion none)
-
-
-@dataclass(frozen=True)
-class BudgetSplit:
-    pretrain: float = 0.25  # share of the time budget for stage 1 (assumed; the ablations decide)
-    attend: float = 0.15  # share for stage 2 (assumed)
-    finetune: float = 0.6  # share for stage 3: the supervised stage is what ExpRate needs most (assumed)
-
-    def __post_init__(self):
-        if min(self.pretrain, self.attend, self.finetune) < 0 or self.pretrain + self.attend + self.finetune <= 0:
-            raise ValueError("budget_split shares must be non-negative, and not all zero")
 
 
 def stage_classes() -> dict:
@@ -133,17 +119,10 @@ def _saved_values(split: BudgetSplit, configs: dict) -> dict:
 
 def _stages(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The stages this run has, fixed at its start (train.json keeps them for --resume)."""
-    state = _state(run_dir)
+    state = read_state(run_dir)
     if args.resume and "stages" in state:
         return state["stages"]
     return [s for s in STAGES if not (s == "pretrain" and args.skip_stage1 or s == "attend" and args.skip_stage2)]
-
-
-def _state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / STATE).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -158,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     split, configs, _ = _load(args, run_dir)
     stages = _stages(args, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = _state(run_dir) if args.resume else {}
+    state = read_state(run_dir) if args.resume else {}
     budget = args.time_budget if args.time_budget is not None else state.get("time_budget")
     state.update(stages=stages, time_budget=budget, command=state.get("command") or _command_line(args))
     if args.reuse:
@@ -179,10 +158,10 @@ def _train(args: argparse.Namespace) -> int:
         if stage == "finetune" and previous is not None and previous.name == EXPORTS["attend"] \
                 and configs["finetune"].model.fusion == "none":
             previous = encoder_only(previous)
-        seconds = _stage_seconds(budget, state, split, stage)
+        seconds = stage_seconds(budget, state, split, stage)
         resuming = (folder / "last.ckpt").is_file()
         other = state.get("reuse")
-        if other and not resuming and _take_over(Path(other), run_dir, stage, configs[stage], seconds, previous, state):
+        if other and not resuming and take_over(Path(other), run_dir, stage, configs[stage], seconds, previous, state):
             previous = export
             continue
         if resuming:
@@ -208,48 +187,6 @@ def _train(args: argparse.Namespace) -> int:
     minutes = ", ".join(f"{s} {state['seconds'][s] / 60:.1f} min" for s in stages if s in state["seconds"])
     print(f"train: wrote {final} (+ .json): {minutes}")
     return 0
-
-
-def _stage_seconds(budget: float | None, state: dict, split: BudgetSplit, stage: str) -> float | None:
-    """The seconds a stage is planned: its share of what is left among itself and every stage after it (run or
-    skipped, so a skipped stage's share goes to the stages after it); stage 3, the last, gets all that is left."""
-    if budget is None:
-        return None
-    left = budget - sum(state["seconds"].values())
-    shares = [getattr(split, s) for s in STAGES[STAGES.index(stage):]]
-    return float(f"{left * shares[0] / sum(shares) if sum(shares) else left / len(shares):.0f}")
-
-
-def _take_over(other: Path, run_dir: Path, stage: str, config, seconds: float | None, previous: Path | None,
-               state: dict) -> bool:
-    """Copies OTHER's finished `stage` into RUN_DIR if this run would train it exactly so; False if not."""
-    from maskmatch.config import to_dict
-    from maskmatch.weights import read_manifest
-
-    export = other / stage / EXPORTS[stage]
-    spent = _state(other).get("seconds", {}).get(stage)
-    try:
-        theirs = read_manifest(export)["training"]
-    except (ValueError, KeyError):
-        return False
-    mine = json.loads(json.dumps({**to_dict(config), "init": None}))  # as the manifest holds it: lists, not tuples
-    mine["trainer"] = {**mine["trainer"], "time_budget": seconds}
-    done = {**theirs.get("config", {}), "init": None}
-    if stage != "finetune":  # stages 1 and 2 build no fusion module: a run differing only there repeats them
-        mine["model"] = {**mine["model"], "fusion": None}
-        done["model"] = {**done.get("model", {}), "fusion": None}
-    mine_init = read_manifest(previous)["weights"]["sha256"] if previous else None
-    if spent is None or mine != done or mine_init != (theirs.get("init") or {}).get("sha256"):
-        print(f"train: {stage} of {other} differs from this run's; training it here", flush=True)
-        return False
-    shutil.copytree(other / stage, run_dir / stage, dirs_exist_ok=True)
-    if (other / f"{stage}.yaml").is_file():
-        shutil.copyfile(other / f"{stage}.yaml", run_dir / f"{stage}.yaml")
-    state["seconds"][stage] = spent
-    state.setdefault("reused", {})[stage] = str(other)
-    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
-    print(f"train: {stage} taken over from {other} ({spent / 60:.1f} min, counted as this run's)", flush=True)
-    return True
 
 
 def encoder_only(attend_export: Path) -> Path:

@@ -23,7 +23,7 @@ from conftest import read_members
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import InkmlError, read_inkml
 from maskmatch.data.latex import LatexError, normalize_latex
-from maskmatch.data.render import normalize_bitmap
+from maskmatch.data.bitmap import normalize_bitmap
 from maskmatch.data.source import offline_split
 from maskmatch.serve.app import create_app
 

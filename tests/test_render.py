@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from maskmatch.data import render
-from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes, size_statistic
+from maskmatch.data import bitmap, render
+from maskmatch.data.bitmap import normalize_bitmap
+from maskmatch.data.render import RenderConfig, render_strokes, size_statistic
 
 CFG = RenderConfig()
 
@@ -155,7 +156,7 @@ def test_the_check_fails_when_the_statistic_is_broken(ref, monkeypatch):
         lambda mask, width: CFG.symbol_size,  # no rescaling at all
         lambda mask, width: true_statistic(mask, 0.0),  # no correction for the pen's thickness
     ):
-        monkeypatch.setattr(render, "size_statistic", broken)
+        monkeypatch.setattr(bitmap, "size_statistic", broken)  # the name normalize_bitmap calls
         with pytest.raises(AssertionError):
             assert_close(normalize_bitmap(picture), ref)
 

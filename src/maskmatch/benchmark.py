@@ -106,7 +106,7 @@ def folder_images(folder: Path, n: int, render) -> tuple[list, float]:
     """The first n images of a folder (sorted by name), normalized as the recognizer normalizes image files
     -> (images, median preprocessing ms)."""
     from maskmatch.data.images import load_image
-    from maskmatch.data.render import normalize_bitmap
+    from maskmatch.data.bitmap import normalize_bitmap
 
     if not folder.is_dir():
         raise UserError(f"--images {folder}: no such folder")

@@ -139,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
 def _check_images(folder: Path, count: int, rec) -> list:
     """The first `count` images of a built split (sorted by name), normalized as the model expects (as evaluate's)."""
     from maskmatch.data.images import load_image
-    from maskmatch.data.render import normalize_bitmap
+    from maskmatch.data.bitmap import normalize_bitmap
     from maskmatch.inference_commands import _prenormalized
 
     files = sorted((folder / "img").glob("*.png"))[:count]

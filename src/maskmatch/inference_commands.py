@@ -169,7 +169,7 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
     """One offline split -> (scores as in the JSON file, per-expression rows). Unreadable images are
     reported on stderr and count as wrong (empty prediction)."""
     from maskmatch.data.images import load_image
-    from maskmatch.data.render import normalize_bitmap
+    from maskmatch.data.bitmap import normalize_bitmap
     from maskmatch.data.source import offline_split
     from maskmatch.metrics import canonical, edit_distance, expression_scores, parses
 

@@ -25,7 +25,8 @@ from maskmatch.calibration import confidence
 from maskmatch.data.batching import collate
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
-from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
+from maskmatch.data.bitmap import normalize_bitmap
+from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
 from maskmatch.model import HMERModel, LatexGrammar

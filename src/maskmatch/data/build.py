@@ -28,7 +28,8 @@ from maskmatch.data.cache import CacheWriter
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import InkmlError, read_inkml
 from maskmatch.data.latex import LatexError, normalize_latex
-from maskmatch.data.render import RenderConfig, normalize_bitmap, render_strokes
+from maskmatch.data.bitmap import normalize_bitmap
+from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.source import Item, Split, list_splits, open_source
 from maskmatch.data.swap import SymbolBank
 from maskmatch.data.subexpr import subexpressions

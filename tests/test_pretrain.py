@@ -8,15 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import build_train_split, kill_after_checkpoint, without_labels
 
 from maskmatch.cli import main
+from maskmatch.config import from_dict
+from maskmatch.data.render import RenderConfig
 from maskmatch.model import HMERModel, ModelConfig
+from maskmatch.pretrain.config import PretrainConfig
+from maskmatch.pretrain.views import largest_view
 from maskmatch.train.callbacks import read_log
 from maskmatch.train.config import DataConfig
 from maskmatch.train.data import FinetuneData
 from maskmatch.weights import init_from_weights, load_weights, read_manifest
+
+PRESETS = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets"
 
 EPOCHS = 12
 
@@ -214,3 +221,15 @@ def test_config_errors_are_one_line(assignment, message, tmp_path, capsys):
     assert main(["pretrain", "--preset", "pretrain-tiny", "--set", assignment, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("preset", ["pretrain-tiny", "pretrain-small", "pretrain-cpu", "pretrain-crohme",
+                                    "train-tiny", "train-small", "train-cpu", "train-crohme"])
+def test_stage_1_presets_admit_the_largest_render(preset):
+    """The pixel budget counts a view, larger than its image (rotation and shear widen it): each stage-1 preset
+    must batch the largest image `data build` renders (RenderConfig's max_height x max_width) alone."""
+    values = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text("utf-8"))
+    section = values["pretrain"] if preset.startswith("train-") else values
+    config = from_dict(PretrainConfig, {k: v for k, v in section.items() if k != "model"})
+    h, w = largest_view(RenderConfig().max_height, RenderConfig().max_width, config.views)
+    assert h * w <= config.data.pixel_budget, (h, w)

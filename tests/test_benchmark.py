@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskmatch import benchmark
+from maskmatch.benchmark import inputs, measure
 from maskmatch.cli import main
 from maskmatch.model import HMERModel, ModelConfig
 
@@ -75,8 +75,8 @@ def test_flops_scale_with_image_size():
     model = HMERModel(ModelConfig.tiny()).eval()
     counts = []
     for h, w in ((32, 64), (64, 128)):
-        image, mask = benchmark.one_batch([np.full((h, w), 255, np.uint8)])
-        counts.append(benchmark.count_flops(model, image, mask, beam=2, tokens=4))
+        image, mask = measure.one_batch([np.full((h, w), 255, np.uint8)])
+        counts.append(measure.count_flops(model, image, mask, beam=2, tokens=4))
     small, large = counts
     for part in ("encoder", "greedy", "beam"):
         assert 0 < small[part] < large[part]
@@ -87,15 +87,15 @@ def test_flops_scale_with_image_size():
 def test_forced_length_leaves_the_decoder_as_it_was():
     torch.manual_seed(0)
     model = HMERModel(ModelConfig.tiny()).eval()
-    image, mask = benchmark.one_batch([np.full((32, 64), 255, np.uint8)])
+    image, mask = measure.one_batch([np.full((32, 64), 255, np.uint8)])
     before = [h.ids for h in model.greedy(image, mask)]
-    assert benchmark.decode(model, image, mask, beam=2, tokens=7)["tokens"] == [7]
+    assert measure.decode(model, image, mask, beam=2, tokens=7)["tokens"] == [7]
     assert "step" not in vars(model.decoder)
     assert [h.ids for h in model.greedy(image, mask)] == before
 
 
 def test_synthetic_expressions_are_rendered_images():
-    images = benchmark.synthetic_expressions(3, seed=1)
+    images = inputs.synthetic_expressions(3, seed=1)
     assert len(images) == 3
     for image in images:
         assert image.dtype == np.uint8 and image.ndim == 2 and image.max() == 255 and image.shape[1] >= 16
@@ -110,7 +110,7 @@ def test_images_folder(tmp_path, capsys):
     ink[20:40, 10:110:12] = 255  # bars: dark ink on white once inverted by the file's polarity
     Image.fromarray(255 - ink).save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    images, ms = benchmark.folder_images(tmp_path, 5, RenderConfig())
+    images, ms = inputs.folder_images(tmp_path, 5, RenderConfig())
     assert len(images) == 1 and images[0].dtype == np.uint8 and ms >= 0
     assert main(["benchmark", "--preset", "tiny", "--images", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err

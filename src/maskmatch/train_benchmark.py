@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from maskmatch.benchmark import matmul_rate
+    from maskmatch.benchmark.measure import matmul_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)

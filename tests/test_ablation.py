@@ -26,6 +26,11 @@ def quick(root: Path, runs: Path, results: Path, *extra: str) -> list[str]:
             "--results", str(results), "--tests", "", *[w for s in sets for w in ("--set", s)], *extra]
 
 
+def shared_row(text: str, start: str) -> str:
+    [row] = [line for line in text.splitlines() if line.startswith(start)]
+    return row
+
+
 def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
     runs, results = tmp_path / "runs", tmp_path / "results"
     assert main(quick(data_root, runs, results, "--arms", "A,C-none", "--labels", "1,0.5", "--parallel", "2")) == 0
@@ -35,6 +40,8 @@ def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
                                         "C-none-labels050-seed0"}
     assert [line for line in text.splitlines() if line.startswith("| A | 50% | 0 | finetune ")]
     assert [line for line in text.splitlines() if line.startswith("| C-none | 100% | 0 | pretrain ")]
+    cells = [c.strip() for c in shared_row(text, "| C-none | 100% | 0 | pretrain ").strip("|").split("|")]
+    assert float(cells[6]) > 0  # stage 3's best validation loss: what separates arms before their ExpRate does
     shared = [line for line in text.splitlines() if line.startswith("| C-none | 50% | 0 | pretrain ")]
     assert shared and "pretrain" in shared[0] and shared[0].count("*") == 2  # stages 1 and 2 taken over
     assert (results / "ablation.png").is_file() and (results / "label-efficiency.png").is_file()

@@ -33,27 +33,29 @@ def measure(folder: Path, data: Path, tests: list[str]) -> dict:
         if (data / split / "caption.txt").is_file():
             scores[split] = evaluate_split(rec, data / split, 1, 16)[0]["exprate"]
     reused = json.loads((folder / "train.json").read_text("utf-8")).get("reused", {})
+    curve = validation_curve(folder)
     return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()}, "reused": reused,
             "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
-            "val_exprate": validation, "val_n": n, "tests": scores, "command": rec.manifest.get("command"),
-            "curve": validation_curve(folder)}
+            "val_exprate": validation, "val_n": n, "val_loss": min((c[2] for c in curve), default=None),
+            "tests": scores, "command": rec.manifest.get("command"), "curve": curve}
 
 
-def validation_curve(folder: Path) -> list[tuple[float, float]]:
-    """(minutes since the arm started, stage 3's validation ExpRate) from finetune/log.jsonl and train.json."""
+def validation_curve(folder: Path) -> list[tuple[float, float, float]]:
+    """(minutes since the arm started, stage 3's validation ExpRate, its token loss) from finetune/log.jsonl and
+    train.json."""
     from maskmatch.train.callbacks import read_log
 
     state = json.loads((folder / "train.json").read_text("utf-8"))
     before = sum(v for k, v in state.get("seconds", {}).items() if k != "finetune") / 60
     log = folder / "finetune" / "log.jsonl"
     records = read_log(log) if log.is_file() else []
-    return [(before + r["elapsed_s"] / 60, r["val_exprate"]) for r in records
-            if "val_exprate" in r and "event" not in r and "elapsed_s" in r]
+    return [(before + r["elapsed_s"] / 60, r["val_exprate"], r["val_loss"]) for r in records
+            if "val_exprate" in r and "val_loss" in r and "event" not in r and "elapsed_s" in r]
 
 
 def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
     columns = ["arm", "labels", "seed", "stages (minutes)", "CPU-hours", "validation ExpRate (%)",
-               *(f"{t} greedy (%)" for t in tests)]
+               "validation loss", *(f"{t} greedy (%)" for t in tests)]
     head = "| " + " | ".join(columns) + " |"
     lines = ["# Does Mask & Match pay? The equal-budget ablation", "",
              f"Made by `{command}`; do not edit by hand. Each arm trained with `maskmatch train` for the same "
@@ -61,7 +63,9 @@ def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
              "decoded greedily with the grammar, as `maskmatch validate` does. Labels: the share of labelled "
              "training images stage 3 saw (stages 1 and 2 see every image). A stage marked * was trained once "
              "for every arm of its seed, by the first to run it, and taken over by the others (`maskmatch train "
-             "--reuse`: the same config, minutes and seed); each arm counts its minutes and CPU-hours in full.",
+             "--reuse`: the same config, minutes and seed); each arm counts its minutes and CPU-hours in full. "
+             "Validation loss: stage 3's lowest token loss (label-smoothed cross-entropy, both directions) on "
+             "the held-out slice, which separates arms while their ExpRate is still near zero.",
              "", head,
              "|" + "---|" * len(columns)]
     for r in rows:
@@ -70,27 +74,29 @@ def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
                            for k, v in r["stages"].items() if v is not None)
         hours = "-" if r["cpu_hours"] is None else f"{r['cpu_hours']:.2f}"
         cells = [f"{r['tests'][t]:.2f}" if t in r["tests"] else "-" for t in tests]
+        loss = "-" if r.get("val_loss") is None else f"{r['val_loss']:.3f}"
         lines.append("| " + " | ".join([arm, f"{labels:g}%", str(seed), stages, hours, f"{r['val_exprate']:.2f}",
-                                        *cells]) + " |")
-    spread = seed_spread(rows)
-    if spread:
-        lines += ["", "Spread of arm A across seeds (validation ExpRate, max - min): " +
-                  ", ".join(f"{labels:g}% labels: {s:.2f} points" for labels, s in spread.items()) +
-                  "; arms closer than this are not separated by this budget."]
-    lines += ["", "![validation ExpRate against minutes](ablation.png)", ""]
+                                        loss, *cells]) + " |")
+    for key, what, digits in (("val_exprate", "validation ExpRate, points", 2), ("val_loss", "validation loss", 3)):
+        spread = seed_spread(rows, key)
+        if spread:
+            lines += ["", f"Spread of arm A across seeds ({what}, max - min): " +
+                      ", ".join(f"{labels:g}% labels: {s:.{digits}f}" for labels, s in spread.items()) +
+                      "; arms closer than this are not separated by this budget."]
+    lines += ["", "![validation ExpRate and loss against minutes](ablation.png)", ""]
     if len({parse_name(r["run"])[1] for r in rows}) > 1:
         lines += ["![ExpRate against the share of labels](label-efficiency.png)", ""]
     lines += ["Commands:", ""] + [f"- {r['run']}: `{r['command']}`" for r in rows] + [""]
     return "\n".join(lines)
 
 
-def seed_spread(rows: list[dict]) -> dict[float, float]:
-    """Arm A's validation spread across seeds, per label share (only where it has two seeds or more)."""
+def seed_spread(rows: list[dict], key: str = "val_exprate") -> dict[float, float]:
+    """Arm A's spread of `key` across seeds, per label share (only where it has two seeds or more)."""
     by_labels: dict[float, list[float]] = {}
     for r in rows:
         arm, labels, _ = parse_name(r["run"])
-        if arm == "A":
-            by_labels.setdefault(labels, []).append(r["val_exprate"])
+        if arm == "A" and r.get(key) is not None:
+            by_labels.setdefault(labels, []).append(r[key])
     return {k: max(v) - min(v) for k, v in by_labels.items() if len(v) > 1}
 
 
@@ -100,30 +106,34 @@ def plot(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     for r in rows:
         if r["curve"]:
-            minutes, exprate = zip(*r["curve"])
-            ax.plot(minutes, exprate, marker=".", label=r["run"])
-    ax.set_xlabel("minutes since the arm started (stage 3's validations)")
-    ax.set_ylabel("validation ExpRate (%)")
-    ax.legend(fontsize=7)
+            minutes, exprate, loss = zip(*r["curve"])
+            top.plot(minutes, exprate, marker=".", label=r["run"])
+            bottom.plot(minutes, loss, marker=".", label=r["run"])
+    bottom.set_xlabel("minutes since the arm started (stage 3's validations)")
+    top.set_ylabel("validation ExpRate (%)")
+    bottom.set_ylabel("validation loss")
+    top.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=100)
     plt.close(fig)
     shares = sorted({parse_name(r["run"])[1] for r in rows})
     if len(shares) < 2:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in dict.fromkeys(parse_name(r["run"])[0] for r in rows):  # in the order they were run
-        points = sorted((parse_name(r["run"])[1], r["val_exprate"]) for r in rows if parse_name(r["run"])[0] == arm)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=arm)
-    ax.set_xscale("log")
-    ax.set_xticks(shares, [f"{s:g}%" for s in shares])
-    ax.set_xlabel("labelled training images used by stage 3")
-    ax.set_ylabel("validation ExpRate (%)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in zip(axes, ("val_exprate", "val_loss"), ("validation ExpRate (%)", "validation loss")):
+        for arm in dict.fromkeys(parse_name(r["run"])[0] for r in rows):  # in the order they were run
+            points = sorted((parse_name(r["run"])[1], r[key]) for r in rows
+                            if parse_name(r["run"])[0] == arm and parse_name(r["run"])[2] == 0 and r.get(key) is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=arm)
+        ax.set_xscale("log")
+        ax.set_xticks(shares, [f"{s:g}%" for s in shares])
+        ax.set_xlabel("labelled training images used by stage 3")
+        ax.set_ylabel(label)
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "label-efficiency.png", dpi=100)
     plt.close(fig)

@@ -26,7 +26,7 @@ def quick(root: Path, runs: Path, results: Path, *extra: str) -> list[str]:
             "--results", str(results), "--tests", "", *[w for s in sets for w in ("--set", s)], *extra]
 
 
-def shared_row(text: str, start: str) -> str:
+def only_row(text: str, start: str) -> str:
     [row] = [line for line in text.splitlines() if line.startswith(start)]
     return row
 
@@ -40,7 +40,7 @@ def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
                                         "C-none-labels050-seed0"}
     assert [line for line in text.splitlines() if line.startswith("| A | 50% | 0 | finetune ")]
     assert [line for line in text.splitlines() if line.startswith("| C-none | 100% | 0 | pretrain ")]
-    cells = [c.strip() for c in shared_row(text, "| C-none | 100% | 0 | pretrain ").strip("|").split("|")]
+    cells = [c.strip() for c in only_row(text, "| C-none | 100% | 0 | pretrain ").strip("|").split("|")]
     assert float(cells[6]) > 0  # stage 3's best validation loss: what separates arms before their ExpRate does
     shared = [line for line in text.splitlines() if line.startswith("| C-none | 50% | 0 | pretrain ")]
     assert shared and "pretrain" in shared[0] and shared[0].count("*") == 2  # stages 1 and 2 taken over

@@ -114,6 +114,7 @@ def test_budget_split_and_overrides_route_to_stages():
 @pytest.mark.parametrize("extra, message", [
     (["--set", "decoder.x=1"], "keys start with model."),
     (["--set", "budget_split.pretrain=-1"], "non-negative"),
+    (["--reuse", "no/such/run"], "not a train run"),
 ])
 def test_config_mistakes_are_one_line(data_root, tmp_path, capsys, extra, message):
     assert main(train_args(data_root, tmp_path / "run", *extra)) == 2

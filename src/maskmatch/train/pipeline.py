@@ -135,6 +135,8 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} is not empty: add --resume to continue its run, or choose another --out")
     split, configs, _ = _load(args, run_dir)
+    if args.reuse and not (Path(args.reuse) / STATE).is_file():
+        raise UserError(f"--reuse {args.reuse}: not a train run (no {STATE})")
     stages = _stages(args, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(run_dir) if args.resume else {}

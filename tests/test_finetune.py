@@ -103,10 +103,13 @@ def test_ema_update_against_hand_computation():
 
 def test_plan_against_hand_values():
     # 100 steps/epoch at 0.25 s, 2 checkpoints of 12.5 s (0.25 s a step), 5 s per epoch end: an epoch is 55 s.
-    # At step 30 with 200 s left, finishing epoch 0 costs 70 * 0.5 + 5 = 40 s; (200 - 40) // 55 = 2 more epochs.
+    # At step 30 with 200 s left, finishing epoch 0 costs 70 * 0.5 + 5 = 40 s; (200 - 40) // 55 = 2 more epochs;
+    # the 50 s left then hold a partial epoch of (50 - 5) // 0.5 = 90 steps and its end.
     plan = dict(global_step=30, epoch=0, batch_in_epoch=30, steps_per_epoch=100, step_seconds=0.25,
                 end_seconds=5.0, save_seconds=12.5, saves_per_epoch=2)
-    assert plan_total_steps(time_left=200, max_epochs=50, **plan) == 300
+    assert plan_total_steps(time_left=200, max_epochs=50, **plan) == 390
+    assert plan_total_steps(time_left=190, max_epochs=50, **plan) == 370
+    assert plan_total_steps(time_left=155, max_epochs=50, **plan) == 300  # nothing left for a partial epoch
     assert plan_total_steps(time_left=200, max_epochs=2, **plan) == 200
     # 30 s left cannot finish the epoch: stop inside it, after (30 - 5) // 0.5 = 50 more steps
     assert plan_total_steps(time_left=30, max_epochs=50, **plan) == 80

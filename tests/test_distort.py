@@ -97,3 +97,26 @@ def test_symbol_jitter_moves_a_symbols_strokes_together():
     assert all(np.allclose(o, i) for o, i in zip(out[2:], ink()[2:]))
     plain = distort(ink(), seed=9)  # without symbols the other steps draw the same numbers
     assert all(np.allclose(a, b) for a, b in zip(plain, distort(ink(), seed=9, symbols=[])))
+
+
+def test_photographed_variants_come_back_in_the_render_distribution(crohme_archive):
+    """photo_share 1: every variant is a picture (any size, pen, paper, blur, JPEG) read back by normalize_bitmap,
+    so it meets the plain renders' scale; the seed decides it."""
+    from maskmatch.data.inkml import read_inkml
+    from maskmatch.data.render import RenderConfig, render_strokes
+    from maskmatch.data.variants import VariantConfig, photographed, render_variant
+
+    [data] = read_members(crohme_archive, ["2014/18_em_12.inkml"]).values()
+    expression = read_inkml(data)
+    render, config = RenderConfig(symbol_size=28, stroke_width=2.5), VariantConfig(count=1, photo_share=1.0)
+    plain = render_strokes(expression.strokes, render)
+    heights = []
+    for seed in range(4):
+        picture = np.asarray(photographed(expression.strokes, render, seed).convert("L"))
+        assert np.median(picture) > 128  # dark ink on light paper, as a user's picture comes
+        variant = render_variant(expression, render, config, None, seed)
+        assert variant.dtype == np.uint8 and np.array_equal(variant, render_variant(expression, render, config, None, seed))
+        heights.append(variant.shape[0] / plain.shape[0])
+    assert 0.6 < np.median(heights) < 1.5, heights  # the size statistic brought every picture back to 28 px
+    with pytest.raises(ValueError, match="photo share"):
+        VariantConfig(photo_share=1.5)

@@ -17,7 +17,8 @@ def _data_build(args: argparse.Namespace) -> int:
     try:
         sizes = {"symbol_size": args.symbol_size, "stroke_width": args.stroke_width}
         render = RenderConfig(**{k: v for k, v in sizes.items() if v is not None})
-        variants = VariantConfig(count=args.variants, swap_share=args.swap_share, subexpressions=args.subexpressions)
+        variants = VariantConfig(count=args.variants, swap_share=args.swap_share, subexpressions=args.subexpressions,
+                                 photo_share=args.photo_share)
         summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, render=render,
                           progress=not args.quiet, variants=variants)
     except ValueError as e:
@@ -61,6 +62,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "b = c) into train/subexpressions/ (data/subexpr.py)")
     build.add_argument("--swap-share", type=float, default=0.0, metavar="P",
                        help="in variants, redraw each symbol by another writer with probability P (default 0)")
+    build.add_argument("--photo-share", type=float, default=0.0, metavar="P",
+                       help="in variants, photograph the render (pen, paper, blur, noise, JPEG) and read it back as "
+                            "users' pictures are read, with probability P (default 0)")
     build.set_defaults(run=_data_build)
 
     sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")

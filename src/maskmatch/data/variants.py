@@ -2,7 +2,10 @@
 
 Variant 0 of an expression is its plain render (the split's cache); variants 1..K, in `<split>/variants/`,
 are renders of its ink with symbols swapped across writers (swap.py, each symbol with probability
-`swap_share`) and then distorted (distort.py), with a drawn pen width. Each variant is a pure function of
+`swap_share`) and then distorted (distort.py), with a drawn pen width; with probability `photo_share` a
+variant then arrives as a user's picture would (`photographed`: drawn at another size with a thin to
+marker-thick pen, dark on light paper, blurred, noised, JPEG-compressed) and is read back by
+`normalize_bitmap`, so that training sees what that path makes of a picture. Each variant is a pure function of
 (ink, configs, name, v), so a build is reproducible. Entry i * K + (v - 1) of the variants cache is
 variant v of entry i of the split's cache; its meta.json adds "variants", "distort" and "swap_share".
 Only the training split gets variants: validation is carved from it but reads the plain cache, and the
@@ -11,11 +14,14 @@ test splits are never touched.
 
 from __future__ import annotations
 
+import io
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+from PIL import Image, ImageFilter
 
+from maskmatch.data.bitmap import normalize_bitmap
 from maskmatch.data.distort import DistortConfig, distort, pen_width
 from maskmatch.data.inkml import Ink
 from maskmatch.data.render import RenderConfig, render_strokes
@@ -31,13 +37,16 @@ class VariantConfig:
     distort: DistortConfig = field(default_factory=DistortConfig)
     swap_share: float = 0.0  # chance that each symbol is redrawn by another writer (needs the InkML segmentation)
     subexpressions: bool = False  # also render each expression's unambiguous sub-expressions (subexpr.py)
+    photo_share: float = 0.0  # chance that a variant is photographed and read back by normalize_bitmap
 
     def __post_init__(self):
-        if self.count < 0 or not 0 <= self.swap_share <= 1:
-            raise ValueError(f"variants {self.count} must be >= 0 and swap share {self.swap_share} in [0, 1]")
+        if self.count < 0 or not 0 <= self.swap_share <= 1 or not 0 <= self.photo_share <= 1:
+            raise ValueError(f"variants {self.count} must be >= 0, swap share {self.swap_share} and photo share "
+                             f"{self.photo_share} in [0, 1]")
 
     def meta(self) -> dict:
-        return {"variants": self.count, "distort": asdict(self.distort), "swap_share": self.swap_share}
+        return {"variants": self.count, "distort": asdict(self.distort), "swap_share": self.swap_share,
+                "photo_share": self.photo_share}
 
     @property
     def needs_ink(self) -> bool:
@@ -56,4 +65,28 @@ def render_variant(ink: Ink, render: RenderConfig, config: VariantConfig, bank: 
     if bank is not None and config.swap_share > 0 and symbols:
         strokes, symbols = swap_symbols(ink, bank, config.swap_share, seed)
     moved = distort(strokes, config.distort, seed, [s.strokes for s in symbols])
+    if np.random.default_rng([seed, 2]).random() < config.photo_share:
+        return normalize_bitmap(photographed(moved, render, seed), render)
     return render_strokes(moved, replace(render, stroke_width=pen_width(render.stroke_width, config.distort, seed)))
+
+
+def photographed(strokes: list[np.ndarray], render: RenderConfig, seed: int) -> Image.Image:
+    """The strokes as a picture of them might arrive: drawn with symbols of 20 to 60 px and a pen of 1 px to a
+    fifth of a symbol, dark ink on light paper of uneven brightness, blurred, noised and JPEG-compressed
+    (quality 25-90); a pure function of the seed. The test renders of `maskmatch foreign` are drawn otherwise
+    (PIL lines), so that they stay someone else's pipeline."""
+    rng = np.random.default_rng([seed, 3])
+    size = float(rng.uniform(20, 60))
+    pen = float(np.exp(rng.uniform(np.log(1.0), np.log(size / 5))))
+    ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=pen, max_height=1024,
+                                          max_width=4096, padding=int(size), supersample=2))
+    cover = ink.astype(np.float32) / 255
+    h, w = cover.shape
+    paper = rng.uniform(170, 250) + rng.uniform(-25, 25) * np.linspace(-1, 1, w)[None, :]
+    dark = rng.uniform(0, 110)
+    pixels = paper * (1 - cover) + dark * cover + rng.normal(0, rng.uniform(0, 12), (h, w))
+    picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    picture = picture.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5))))
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=int(rng.integers(25, 91)))
+    return Image.open(io.BytesIO(out.getvalue()))

@@ -66,7 +66,10 @@ def render_variant(ink: Ink, render: RenderConfig, config: VariantConfig, bank: 
         strokes, symbols = swap_symbols(ink, bank, config.swap_share, seed)
     moved = distort(strokes, config.distort, seed, [s.strokes for s in symbols])
     if np.random.default_rng([seed, 2]).random() < config.photo_share:
-        return normalize_bitmap(photographed(moved, render, seed), render)
+        try:
+            return normalize_bitmap(photographed(moved, render, seed), render)
+        except ValueError:  # no ink found: the picture came out too faint; the render stands in for it
+            pass
     return render_strokes(moved, replace(render, stroke_width=pen_width(render.stroke_width, config.distort, seed)))
 
 
@@ -82,8 +85,8 @@ def photographed(strokes: list[np.ndarray], render: RenderConfig, seed: int) -> 
                                           max_width=4096, padding=int(size), supersample=2))
     cover = ink.astype(np.float32) / 255
     h, w = cover.shape
-    paper = rng.uniform(170, 250) + rng.uniform(-25, 25) * np.linspace(-1, 1, w)[None, :]
-    dark = rng.uniform(0, 110)
+    paper = rng.uniform(180, 250) + rng.uniform(-20, 20) * np.linspace(-1, 1, w)[None, :]
+    dark = rng.uniform(0, 80)  # at least 80 levels under the paper: normalize_bitmap's contrast floor is 64
     pixels = paper * (1 - cover) + dark * cover + rng.normal(0, rng.uniform(0, 12), (h, w))
     picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     picture = picture.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5))))

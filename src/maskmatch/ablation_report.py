@@ -37,7 +37,16 @@ def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()}, "reused": reused,
             "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
             "val_exprate": validation, "val_n": n, "val_loss": min((c[2] for c in curve), default=None),
+            "finetune_steps": last_step(folder / "finetune" / "log.jsonl"),
             "tests": scores, "command": rec.manifest.get("command"), "curve": curve}
+
+
+def last_step(log: Path) -> int | None:
+    """The last training step a stage's log.jsonl records."""
+    from maskmatch.train.callbacks import read_log
+
+    steps = [r["step"] for r in read_log(log) if "loss" in r and "event" not in r] if log.is_file() else []
+    return max(steps, default=None)
 
 
 def validation_curve(folder: Path) -> list[tuple[float, float, float]]:
@@ -55,7 +64,7 @@ def validation_curve(folder: Path) -> list[tuple[float, float, float]]:
 
 def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
     columns = ["arm", "labels", "seed", "stages (minutes)", "CPU-hours", "validation ExpRate (%)",
-               "validation loss", *(f"{t} greedy (%)" for t in tests)]
+               "validation loss", "stage-3 steps", *(f"{t} greedy (%)" for t in tests)]
     head = "| " + " | ".join(columns) + " |"
     lines = ["# Does Mask & Match pay? The equal-budget ablation", "",
              f"Made by `{command}`; do not edit by hand. Each arm trained with `maskmatch train` for the same "
@@ -76,7 +85,7 @@ def markdown(rows: list[dict], command: str, tests: list[str]) -> str:
         cells = [f"{r['tests'][t]:.2f}" if t in r["tests"] else "-" for t in tests]
         loss = "-" if r.get("val_loss") is None else f"{r['val_loss']:.3f}"
         lines.append("| " + " | ".join([arm, f"{labels:g}%", str(seed), stages, hours, f"{r['val_exprate']:.2f}",
-                                        loss, *cells]) + " |")
+                                        loss, str(r.get("finetune_steps") or "-"), *cells]) + " |")
     for key, what, digits in (("val_exprate", "validation ExpRate, points", 2), ("val_loss", "validation loss", 3)):
         spread = seed_spread(rows, key)
         if spread:

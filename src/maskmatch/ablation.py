@@ -33,7 +33,7 @@ from maskmatch.ablation_report import markdown, measure, plot, run_name
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
 from maskmatch.train.pipeline import PRESETS
-from maskmatch.train.stages import stage_done
+from maskmatch.train.stages import STATE, stage_done
 
 ARMS = {
     "A": (["--skip-stage1", "--skip-stage2"], "none"),
@@ -87,7 +87,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
 def train_argv(job: Job, args: argparse.Namespace) -> list[str]:
     """The `maskmatch train` arguments of one arm (a fresh run, or --resume of a started one)."""
     out = job.folder
-    if (out / "train.json").is_file():
+    if (out / STATE).is_file():
         return ["train", "--out", str(out), "--resume", "--quiet"]
     flags, fusion = ARMS[job.arm]
     sets = [f"model.fusion={fusion}", f"finetune.data.label_fraction={job.labels}"]

@@ -4,7 +4,6 @@ label-efficiency.png); and the arms' run names, ARM-labelsPP-seedS."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -22,6 +21,8 @@ def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     from maskmatch.history import cpu_hours
     from maskmatch.inference_commands import evaluate_split
     from maskmatch.recognizer import Recognizer
+    from maskmatch.train.callbacks import read_log
+    from maskmatch.train.stages import read_state
     from maskmatch.validation import held_out_exprate
 
     rec = Recognizer.load(folder / "model.safetensors", "cpu")
@@ -32,34 +33,23 @@ def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     for split in tests:
         if (data / split / "caption.txt").is_file():
             scores[split] = evaluate_split(rec, data / split, 1, 16)[0]["exprate"]
-    reused = json.loads((folder / "train.json").read_text("utf-8")).get("reused", {})
-    curve = validation_curve(folder)
-    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()}, "reused": reused,
-            "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
+    state = read_state(folder)
+    log = folder / "finetune" / "log.jsonl"
+    records = [r for r in read_log(log) if "event" not in r] if log.is_file() else []
+    curve = validation_curve(records, state)
+    return {"run": folder.name, "stages": {k: s.get("minutes") for k, s in stages.items()},
+            "reused": state.get("reused", {}), "cpu_hours": None if "-" in hours else round(sum(map(float, hours)), 2),
             "val_exprate": validation, "val_n": n, "val_loss": min((c[2] for c in curve), default=None),
-            "finetune_steps": last_step(folder / "finetune" / "log.jsonl"),
+            "finetune_steps": max((r["step"] for r in records if "loss" in r), default=None),
             "tests": scores, "command": rec.manifest.get("command"), "curve": curve}
 
 
-def last_step(log: Path) -> int | None:
-    """The last training step a stage's log.jsonl records."""
-    from maskmatch.train.callbacks import read_log
-
-    steps = [r["step"] for r in read_log(log) if "loss" in r and "event" not in r] if log.is_file() else []
-    return max(steps, default=None)
-
-
-def validation_curve(folder: Path) -> list[tuple[float, float, float]]:
-    """(minutes since the arm started, stage 3's validation ExpRate, its token loss) from finetune/log.jsonl and
-    train.json."""
-    from maskmatch.train.callbacks import read_log
-
-    state = json.loads((folder / "train.json").read_text("utf-8"))
+def validation_curve(records: list[dict], state: dict) -> list[tuple[float, float, float]]:
+    """(minutes since the arm started, stage 3's validation ExpRate, its token loss) from stage 3's log records
+    and the run's train.json (the minutes of the stages before it)."""
     before = sum(v for k, v in state.get("seconds", {}).items() if k != "finetune") / 60
-    log = folder / "finetune" / "log.jsonl"
-    records = read_log(log) if log.is_file() else []
     return [(before + r["elapsed_s"] / 60, r["val_exprate"], r["val_loss"]) for r in records
-            if "val_exprate" in r and "val_loss" in r and "event" not in r and "elapsed_s" in r]
+            if "val_exprate" in r and "val_loss" in r and "elapsed_s" in r]
 
 
 def markdown(rows: list[dict], command: str, tests: list[str]) -> str:

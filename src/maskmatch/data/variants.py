@@ -7,7 +7,8 @@ variant then arrives as a user's picture would (`photographed`: drawn at another
 marker-thick pen, dark on light paper, blurred, noised, JPEG-compressed) and is read back by
 `normalize_bitmap`, so that training sees what that path makes of a picture. Each variant is a pure function of
 (ink, configs, name, v), so a build is reproducible. Entry i * K + (v - 1) of the variants cache is
-variant v of entry i of the split's cache; its meta.json adds "variants", "distort" and "swap_share".
+variant v of entry i of the split's cache; its meta.json adds "variants", "distort", "swap_share" and
+"photo_share".
 Only the training split gets variants: validation is carved from it but reads the plain cache, and the
 test splits are never touched.
 """

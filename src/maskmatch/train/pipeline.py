@@ -23,7 +23,6 @@ format, its manifest naming each stage's device, minutes and command.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
-from maskmatch.train.stages import EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over
+from maskmatch.train.stages import (EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over,
+                                    write_state)
 
 PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
 ENCODER_ONLY = "encoder.safetensors"  # beside attend.safetensors: its encoder alone (fusion none)
@@ -145,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.reuse:
         state["reuse"] = args.reuse  # --resume goes on taking over from it
     state.setdefault("seconds", {})
-    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+    write_state(run_dir, state)
     if not args.resume:
         (run_dir / "train.yaml").write_text(yaml.safe_dump(_saved_values(split, configs), sort_keys=False), "utf-8")
     previous = None  # the weights the next stage starts from
@@ -181,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         stage_args = make_parser().parse_args(argv)
         code = stage_args.run(stage_args)
         state["seconds"][stage] = state["seconds"].get(stage, 0.0) + time.monotonic() - start
-        (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+        write_state(run_dir, state)
         if code != 0 or not export.is_file():
             raise UserError(f"{stage} ended without {export}; fix the cause and continue with --resume")
         previous = export

@@ -276,11 +276,11 @@ def manifest_training(run: Run, checkpoint_config: dict, args: argparse.Namespac
     training = {"stage": run.stage.name, "config": checkpoint_config, "step": run.checkpoints.best_step,
                 "device": device_words(run.trainer), "minutes": round(run.log.run_seconds() / 60, 2)}
     if checkpoint_config.get("init"):  # what the run started from, for the training history (history.py)
-        training["init"] = {"file": checkpoint_config["init"], "sha256": _weights_sha256(checkpoint_config["init"])}
+        training["init"] = {"file": checkpoint_config["init"], "sha256": weights_sha256(checkpoint_config["init"])}
     return {"command": command_line(args, run.stage.name), "training": training}
 
 
-def _weights_sha256(path: str) -> str | None:
+def weights_sha256(path: str) -> str | None:
     """The sha256 its manifest gives a weights file (of the tensors), None if it has none or is gone."""
     from maskmatch.weights import read_manifest
 

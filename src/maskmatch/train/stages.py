@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskmatch.config import to_dict
+from maskmatch.train.runner import weights_sha256
 
 STAGES = ("pretrain", "attend", "finetune")
 EXPORTS = {"pretrain": "encoder.safetensors", "attend": "attend.safetensors", "finetune": "model.safetensors"}
@@ -32,6 +33,11 @@ def read_state(run_dir: Path) -> dict:
         return json.loads((run_dir / STATE).read_text("utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def write_state(run_dir: Path, state: dict) -> None:
+    """RUN_DIR/train.json, after every change: --resume and other runs' --reuse read it."""
+    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
 
 
 def stage_seconds(budget: float | None, state: dict, split: BudgetSplit, stage: str) -> float | None:
@@ -61,7 +67,7 @@ def take_over(other: Path, run_dir: Path, stage: str, config, seconds: float | N
     if stage != "finetune":  # stages 1 and 2 build no fusion module: a run differing only there repeats them
         mine["model"] = {**mine["model"], "fusion": None}
         done["model"] = {**done.get("model", {}), "fusion": None}
-    mine_init = read_manifest(previous)["weights"]["sha256"] if previous else None
+    mine_init = weights_sha256(str(previous)) if previous else None  # as the manifest records a run's start
     if spent is None or mine != done or mine_init != (theirs.get("init") or {}).get("sha256"):
         print(f"train: {stage} of {other} differs from this run's; training it here", flush=True)
         return False
@@ -70,7 +76,7 @@ def take_over(other: Path, run_dir: Path, stage: str, config, seconds: float | N
         shutil.copyfile(other / f"{stage}.yaml", run_dir / f"{stage}.yaml")
     state["seconds"][stage] = spent
     state.setdefault("reused", {})[stage] = str(other)
-    (run_dir / STATE).write_text(json.dumps(state, indent=1) + "\n", "utf-8")
+    write_state(run_dir, state)
     print(f"train: {stage} taken over from {other} ({spent / 60:.1f} min, counted as this run's)", flush=True)
     return True
 

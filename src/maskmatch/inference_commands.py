@@ -245,8 +245,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    parser.add_argument("--model", metavar="PATH", help="weights (.safetensors with its .json manifest); "
-                        "default: the weights shipped in the package")
+    parser.add_argument("--model", metavar="PATH", action="append",
+                        help="weights (.safetensors with its .json manifest); default: the weights shipped in the "
+                        "package; given twice or more: their ensemble (log-probs averaged; the cost of each added up)")
     decoding = parser.add_mutually_exclusive_group()
     decoding.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
     decoding.add_argument("--greedy", action="store_true", help="greedy decoding (fastest; same as --beam 1)")

@@ -30,6 +30,7 @@ from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
 from maskmatch.model import HMERModel, LatexGrammar
+from maskmatch.model.ensemble import Ensemble
 from maskmatch.onnx_model import OnnxModel, is_export, load_onnx
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
@@ -72,7 +73,7 @@ class Recognizer:
     Bad input raises ValueError with a one-line reason.
     """
 
-    def __init__(self, model: HMERModel | OnnxModel, vocabulary: Vocabulary, render: RenderConfig,
+    def __init__(self, model: HMERModel | Ensemble | OnnxModel, vocabulary: Vocabulary, render: RenderConfig,
                  manifest: dict | None = None, device: str | torch.device = "cpu", constrained: bool = True):
         if len(vocabulary) != model.config.vocab_size:
             raise ValueError(f"vocabulary of {len(vocabulary)} symbols for a model of vocab_size {model.config.vocab_size}")
@@ -83,13 +84,18 @@ class Recognizer:
         self.grammar = LatexGrammar(vocabulary.symbols) if constrained else None
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None,
+    def load(cls, path: str | Path | list | None = None, device: str | torch.device | None = None,
              constrained: bool = True, runtime: str | None = None) -> "Recognizer":
-        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package.
+        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package; a list of
+        several: their ensemble (model/ensemble.py: log-probs averaged, one vocabulary and render scale).
         device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's).
         constrained=False decodes without the LaTeX grammar (for measuring what it changes).
         runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps);
         None: onnx for such a folder, torch otherwise."""
+        if isinstance(path, (list, tuple)):
+            if len(path) > 1:
+                return cls._ensemble(list(path), device, constrained, runtime)
+            path = path[0] if path else None
         runtime = runtime or ("onnx" if is_export(path) else "torch")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
@@ -110,6 +116,23 @@ class Recognizer:
             path = Path(str(shipped))
         model, manifest = load_weights(path, device)
         return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device, constrained)
+
+    @classmethod
+    def _ensemble(cls, paths: list, device, constrained: bool, runtime: str | None) -> "Recognizer":
+        if runtime not in (None, "torch") or any(is_export(p) for p in paths):
+            raise ValueError("an ensemble runs on the torch runtime: give .safetensors weights, not onnx exports")
+        device = resolve_device(device)
+        loaded = [load_weights(p, device) for p in paths]
+        manifest = loaded[0][1]
+        for p, (_, other) in zip(paths[1:], loaded[1:]):
+            if manifest_vocabulary(other).symbols != manifest_vocabulary(manifest).symbols:
+                raise ValueError(f"{p}: its vocabulary is not {paths[0]}'s; an ensemble needs one vocabulary")
+            if render_config(other) != render_config(manifest):
+                raise ValueError(f"{p}: rendered at another scale than {paths[0]}; an ensemble needs one scale")
+        # the first member's manifest, less its calibration (fitted to its scores alone)
+        manifest = {**{k: v for k, v in manifest.items() if k != "calibration"}, "ensemble": [str(p) for p in paths]}
+        return cls(Ensemble([m for m, _ in loaded]), manifest_vocabulary(manifest), render_config(manifest),
+                   manifest, device, constrained)
 
     # ------------------------------------------------------------ inputs
 

@@ -149,13 +149,13 @@ def _average(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from maskmatch.recognizer import Recognizer
 
-    for path in args.models:
+    for paths in [args.models] if args.ensemble else [[p] for p in args.models]:
         try:
-            rec = Recognizer.load(path, args.device)
+            rec = Recognizer.load(paths, args.device)
         except ValueError as e:
             raise UserError(str(e)) from None
         exprate, n = held_out_exprate(rec, Path(args.data))
-        print(f"{path}\tvalidation ExpRate {exprate:.2f}% (greedy, {n} held-out images)", flush=True)
+        print(f"{' + '.join(paths)}\tvalidation ExpRate {exprate:.2f}% (greedy, {n} held-out images)", flush=True)
     return 0
 
 
@@ -163,6 +163,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     v = commands.add_parser("validate", help="greedy ExpRate of models on their held-out slice of the training split")
     v.add_argument("models", nargs="+", metavar="WEIGHTS", help="weights (.safetensors)")
     v.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data they trained on")
+    v.add_argument("--ensemble", action="store_true",
+                   help="validate the ensemble of the models (on the first one's held-out slice), not each")
     v.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     v.set_defaults(run=_validate)
 

@@ -25,7 +25,7 @@ __all__ = ["HMERModel", "ModelConfig", "AttentionNetwork", "Encoder", "Decoder",
            "LatexGrammar", "bidirectional_targets"]
 
 
-class HMERModel(nn.Module):
+class HMERModel(search.Decoding, nn.Module):
     """Image to LaTeX token ids: encoder + decoder, trained in both directions, decoded greedily or by beam."""
 
     def __init__(self, config: ModelConfig | None = None):
@@ -70,23 +70,3 @@ class HMERModel(nn.Module):
             raise ValueError("this model has no attention network (fusion 'none')")
         features, feature_mask = self.encoder(images, mask)
         return self.attention(features, feature_mask)[0], feature_mask
-
-    @torch.no_grad()
-    def greedy(self, images: torch.Tensor, mask: torch.Tensor, max_len: int | None = None,
-               grammar: LatexGrammar | None = None) -> list[Hypothesis]:
-        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses, left to right, arg-max at each step
-        (among the tokens the grammar allows, if one is given)."""
-        features, feature_mask = self.encode(images, mask)
-        return search.greedy(self.decoder, features, feature_mask, max_len or self.config.max_len, grammar)
-
-    @torch.no_grad()
-    def beam_search(self, images: torch.Tensor, mask: torch.Tensor, beam_size: int = 10, max_len: int | None = None,
-                    length_penalty: float = 1.0, rescore: bool = True, grammar: LatexGrammar | None = None,
-                    n_best: bool = False) -> list[Hypothesis] | list[list[Hypothesis]]:
-        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses: l2r beam search (constrained by the grammar if
-        one is given), rescored by r2l if asked; n_best=True: B lists of up to beam_size, best first."""
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be positive, got {beam_size}")
-        features, feature_mask = self.encode(images, mask)
-        return search.beam_search(self.decoder, features, feature_mask, beam_size, max_len or self.config.max_len,
-                                  length_penalty, rescore, grammar, n_best)

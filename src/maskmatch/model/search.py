@@ -227,3 +227,28 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
         if best[b] is None or f > best[b].score:
             best[b] = Hypothesis(s, f)
     return best
+
+
+class Decoding:
+    """Greedy and beam decoding for a module with `encode`, `decoder` and `config` (HMERModel, Ensemble).
+    Decoding runs in the module's current mode: call `.eval()` first."""
+
+    @torch.no_grad()
+    def greedy(self, images: torch.Tensor, mask: torch.Tensor, max_len: int | None = None,
+               grammar: LatexGrammar | None = None) -> list[Hypothesis]:
+        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses, left to right, arg-max at each step
+        (among the tokens the grammar allows, if one is given)."""
+        features, feature_mask = self.encode(images, mask)
+        return greedy(self.decoder, features, feature_mask, max_len or self.config.max_len, grammar)
+
+    @torch.no_grad()
+    def beam_search(self, images: torch.Tensor, mask: torch.Tensor, beam_size: int = 10, max_len: int | None = None,
+                    length_penalty: float = 1.0, rescore: bool = True, grammar: LatexGrammar | None = None,
+                    n_best: bool = False) -> list[Hypothesis] | list[list[Hypothesis]]:
+        """images (B, 1, H, W), mask (B, H, W) -> B hypotheses: l2r beam search (constrained by the grammar if
+        one is given), rescored by r2l if asked; n_best=True: B lists of up to beam_size, best first."""
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be positive, got {beam_size}")
+        features, feature_mask = self.encode(images, mask)
+        return beam_search(self.decoder, features, feature_mask, beam_size, max_len or self.config.max_len,
+                           length_penalty, rescore, grammar, n_best)

@@ -1,0 +1,84 @@
+"""Ensembles (model/ensemble.py): a model with itself decodes as the model alone, two models' step log-probs are
+the normalized mean of theirs, and Recognizer / the CLI take several weight files with one-line errors."""
+
+import pytest
+import torch
+
+from test_model import synthetic_batch
+
+from maskmatch.cli import main
+from maskmatch.data.render import RenderConfig
+from maskmatch.data.vocab import PAD, SOS, Vocabulary
+from maskmatch.model import HMERModel, ModelConfig, search
+from maskmatch.model.ensemble import Ensemble
+from maskmatch.recognizer import Recognizer
+from maskmatch.weights import save_weights
+
+
+def tiny(seed: int, **overrides) -> HMERModel:
+    torch.manual_seed(seed)
+    return HMERModel(ModelConfig.tiny(max_len=8, **overrides)).eval()
+
+
+def test_a_model_with_itself_decodes_as_the_model_alone():
+    model = tiny(0)
+    pair = Ensemble([model, model]).eval()
+    images, mask, _, _ = synthetic_batch()
+    for alone, together in [(model.greedy(images, mask), pair.greedy(images, mask)),
+                            (model.beam_search(images, mask, beam_size=3), pair.beam_search(images, mask, beam_size=3))]:
+        assert [h.ids for h in together] == [h.ids for h in alone]
+        assert [h.score for h in together] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+def test_two_models_step_on_the_normalized_mean_of_their_log_probs():
+    a, b = tiny(0), tiny(1, d_model=32, nhead=2)  # memories of different widths, split again per member
+    pair = Ensemble([a, b]).eval()
+    images, mask, _, _ = synthetic_batch()
+    tokens = torch.full((len(images),), SOS)
+    with torch.no_grad():
+        got = search.next_logprobs(pair.decoder, tokens, pair.decoder.init_cache(*pair.encode(images, mask)))
+        members = [m.decoder.step(tokens, m.decoder.init_cache(*m.encode(images, mask))).log_softmax(-1)
+                   for m in (a, b)]
+    mean = (members[0] + members[1]) / 2
+    mean[:, [PAD, SOS]] = float("-inf")
+    assert torch.allclose(got, mean.log_softmax(-1), atol=1e-5)
+    hyps = pair.beam_search(images, mask, beam_size=3, n_best=True)
+    assert len(hyps) == len(images) and all(0 < len(r) <= 3 for r in hyps)
+
+
+def test_members_must_share_the_vocabulary_and_the_stride():
+    with pytest.raises(ValueError, match="vocabularies of"):
+        Ensemble([tiny(0), tiny(1, vocab_size=50)])
+    with pytest.raises(ValueError, match="at least two"):
+        Ensemble([tiny(0)])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("ensemble")
+    paths = {name: folder / f"{name}.safetensors" for name in ("a", "b", "scaled")}
+    save_weights(paths["a"], tiny(0), {"command": "test", "calibration": {"greedy": {"a": 1.0, "b": 0.0}}})
+    save_weights(paths["b"], tiny(1), {"command": "test"})
+    save_weights(paths["scaled"], tiny(2), {"command": "test"}, render=RenderConfig(symbol_size=28))
+    return paths
+
+
+def test_recognizer_loads_several_weight_files_as_one_ensemble(weights):
+    rec = Recognizer.load([weights["a"], weights["b"]], "cpu")
+    assert isinstance(rec.model, Ensemble) and rec.manifest["ensemble"] == [str(weights["a"]), str(weights["b"])]
+    assert "calibration" not in rec.manifest  # fitted to one member's scores, not the ensemble's
+    assert rec.recognize([[[0, 0], [10, 10]], [[10, 0], [0, 10]]], beam_size=2).tokens
+    assert isinstance(Recognizer.load([weights["a"]], "cpu").model, HMERModel)  # a list of one: that model
+    with pytest.raises(ValueError, match="another scale"):
+        Recognizer.load([weights["a"], weights["scaled"]], "cpu")
+    with pytest.raises(ValueError, match="torch runtime"):
+        Recognizer.load([weights["a"], weights["b"]], "cpu", runtime="onnx")
+
+
+def test_recognize_takes_model_twice(weights, tmp_path, capsys):
+    image = tmp_path / "x.inkml"
+    image.write_text('<ink xmlns="http://www.w3.org/2003/InkML"><trace>0 0, 10 10</trace></ink>', "utf-8")
+    assert main(["recognize", str(image), "--model", str(weights["a"]), "--model", str(weights["b"]), "--greedy"]) == 0
+    assert all(t in Vocabulary.load() for t in capsys.readouterr().out.split("\t")[-1].split())
+    assert main(["recognize", str(image), "--model", str(weights["a"]), "--model", str(weights["scaled"])]) != 0
+    assert "another scale" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
 from maskmatch.errors import UserError
 from maskmatch.train.callbacks import AtomicCheckpointIO, read_log
-from maskmatch.train.config import DataConfig
+from maskmatch.train.config import DataConfig, OptimConfig
 from maskmatch.train.data import FinetuneData, ScaledDataset
 from maskmatch.train.ema import EMA
 from maskmatch.train.module import ema_model
@@ -77,6 +77,8 @@ def test_lr_schedule_against_hand_values():
     for step, value in expected.items():
         assert lr_factor(step, 4, 12, 0.1) == pytest.approx(value), step
     assert lr_factor(0, 0, 12, 0.0) == 1.0 and lr_factor(0, 4, 1, 0.1) == lr_factor(0, 4, 10**6, 0.1)
+    # the warm-up is capped at a fifth of the planned steps: a 589-step stage is not all warm-up
+    assert OptimConfig(warmup_steps=300).warmup(589) == 118 and OptimConfig(warmup_steps=300).warmup(28_000) == 300
 
 
 def test_ema_decay_warms_up():
@@ -364,6 +366,13 @@ def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_p
     averaged, manifest = load_weights(out)
     assert all(torch.allclose(averaged.state_dict()[k].float(), v.float()) for k, v in expected.items())
     assert manifest["training"]["averaged_steps"] == [EPOCHS * STEPS_PER_EPOCH] * 2
+    soup = tmp_path / "soup.safetensors"  # whole models average too (runs from one start: a model soup)
+    assert main(["average", str(model), str(model), "--like", str(model), "--data", str(data_root),
+                 "--out", str(soup)]) == 0
+    alone = load_weights(model)[0].state_dict()
+    assert all(torch.equal(v, alone[k]) for k, v in load_weights(soup)[0].state_dict().items())
+    assert main(["validate", str(model), str(soup), "--ensemble", "--data", str(data_root)]) == 0
+    assert f"{model} + {soup}\tvalidation ExpRate" in capsys.readouterr().out
     assert main(["calibrate", "--model", str(out), "--data", str(data_root), "--out", str(tmp_path), "--beam", "2"]) == 0
     fit = read_manifest(out)["calibration"]
     assert {"greedy", "beam", "method", "images"} <= set(fit) and fit["beam"]["beam_size"] == 2

@@ -114,7 +114,8 @@ def measure(config, batches: int, seed: int) -> dict:
     data.setup()
     model = HMERModel(config.model).train()
     ema = EMA(model)
-    schedule_owner = SimpleNamespace(config=config, total_steps=10**6)  # what configure_adamw reads of a module
+    # what configure_adamw reads of a module
+    schedule_owner = SimpleNamespace(config=config, total_steps=10**6, planned=True)
     optim = common.configure_adamw(schedule_owner, model.parameters())
     optimizer, schedule = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
 

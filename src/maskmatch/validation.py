@@ -4,8 +4,9 @@
 data.val_size and val_seed) greedily, as `recognize` does (with the grammar), so models from different runs
 compare by one protocol. `average` takes the mean of the EMA weights of a run's last checkpoints (checkpoint
 averaging, as in Vaswani et al. 2017), which smooths the last stretch of a run beyond what the EMA alone
-does; the average inherits the manifest of the run's exported model (`--like`: config, vocabulary,
-preprocessing, training record), adds the averaged steps, and is validated beside `--like` by `validate`'s
+does, or of whole models of runs that started from one model (a uniform model soup, Wortsman et al. 2022);
+the average inherits the manifest of the run's exported model (`--like`: config, vocabulary, preprocessing,
+training record), adds the averaged steps, and is validated beside `--like` by `validate`'s
 protocol. `calibrate` fits the 0-1 confidence of calibration.py on the slice and writes it into the manifest.
 """
 
@@ -112,12 +113,16 @@ def _average(args: argparse.Namespace) -> int:
 
     from maskmatch.recognizer import Recognizer
     from maskmatch.train.module import checkpoint_meta, ema_model
-    from maskmatch.weights import manifest_vocabulary, read_manifest, render_config, save_weights
+    from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
     try:
         like = read_manifest(args.like)
         models, steps = [], []
         for path in args.checkpoints:
+            if Path(path).suffix == ".safetensors":  # a whole model: averaging runs from one start (a model soup)
+                models.append(load_weights(path, "cpu")[0])
+                steps.append(int((read_manifest(path).get("training") or {}).get("step", -1)))
+                continue
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
             models.append(ema_model(checkpoint))
             steps.append(int(checkpoint.get("global_step", checkpoint_meta(checkpoint).get("step", -1))))
@@ -168,8 +173,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     v.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     v.set_defaults(run=_validate)
 
-    p = commands.add_parser("average", help="average the EMA weights of a run's last checkpoints")
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="finetune checkpoints (.ckpt), oldest first")
+    p = commands.add_parser("average", help="average the EMA weights of a run's last checkpoints, or of models")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="finetune checkpoints (.ckpt), oldest first, or models (.safetensors) of runs that started "
+                   "from one model")
     p.add_argument("--like", required=True, metavar="WEIGHTS",
                    help="the run's exported model.safetensors: the manifest the average inherits, and the model "
                    "it is validated against")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from maskmatch.attend.schedule import MaskSchedule
 from maskmatch.model.config import ModelConfig
-from maskmatch.train.config import DataConfig, TrainerConfig
+from maskmatch.train.config import AdamWConfig, DataConfig, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -25,22 +25,13 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class AttendOptimConfig:
+class AttendOptimConfig(AdamWConfig):
     lr: float = 5e-4  # AdamW peak learning rate after warm-up (assumed; finetune's default)
     weight_decay: float = 0.04  # AdamW decoupled weight decay on weights of rank >= 2 (DINO's starting value)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decays (PyTorch's defaults)
-    warmup_steps: int = 1000  # linear warm-up to lr (assumed; as finetune)
-    min_lr_ratio: float = 0.01  # cosine decay ends at lr * min_lr_ratio (assumed; as finetune)
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off (assumed; as finetune)
     teacher_momentum: tuple[float, float] = (0.996, 1.0)  # teacher EMA momentum, cosine from start to end (DINO)
 
     def __post_init__(self):
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be positive; weight_decay, warmup_steps, grad_clip non-negative")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio {self.min_lr_ratio} must lie in [0, 1]")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas {self.betas} must lie in [0, 1)")
+        super().__post_init__()
         if not all(0 <= m <= 1 for m in self.teacher_momentum):
             raise ValueError(f"teacher_momentum {self.teacher_momentum} must lie in [0, 1]")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from maskmatch.model.config import ModelConfig
-from maskmatch.train.config import TrainerConfig
+from maskmatch.train.config import AdamWConfig, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -75,19 +75,10 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class PretrainOptimConfig:
+class PretrainOptimConfig(AdamWConfig):
     lr: float = 1e-3  # AdamW peak learning rate after warm-up (assumed)
     weight_decay: float = 0.05  # AdamW decoupled weight decay on weights of rank >= 2 (MoCo v3 / DINO use 0.04-0.1)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decays (PyTorch's defaults)
     warmup_steps: int = 500  # linear warm-up to lr (assumed)
-    min_lr_ratio: float = 0.01  # cosine decay ends at lr * min_lr_ratio (as finetune)
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off (as finetune)
-
-    def __post_init__(self):
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be positive; weight_decay, warmup_steps, grad_clip non-negative")
-        if not 0 <= self.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError("min_lr_ratio and betas must lie in [0, 1]")
 
 
 @dataclass(frozen=True)

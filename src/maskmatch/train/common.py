@@ -71,14 +71,16 @@ def restore(module: L.LightningModule, checkpoint: dict, stage: str, fmt: int) -
 
 def configure_adamw(module: L.LightningModule, parameters: Iterable[torch.nn.Parameter]) -> dict:
     """`configure_optimizers`: AdamW over those of `parameters` that require grad, weight decay only on weights
-    of rank >= 2, and a per-step LambdaLR of `lr_factor` over `module.total_steps` (read at every step)."""
+    of rank >= 2, and a per-step LambdaLR of `lr_factor` over `module.total_steps` (read at every step). Until the
+    total is fixed (`planned`), the warm-up is warmup_steps; the plan may then shorten it (AdamWConfig.warmup)."""
     o = module.config.optim
     params = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, o.warmup_steps, module.total_steps, o.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, o.warmup(module.total_steps) if module.planned else o.warmup_steps,
+                                  module.total_steps, o.min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

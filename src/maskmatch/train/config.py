@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from maskmatch.model.config import ModelConfig
@@ -39,23 +40,40 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class AdamWConfig:
+    """The optimizer and schedule every stage shares (train/common.py `configure_adamw`); a stage's config
+    subclasses it with its own defaults and extras."""
+
     lr: float = 5e-4  # AdamW peak learning rate after warm-up (assumed; common for transformer decoders)
     weight_decay: float = 0.01  # AdamW decoupled weight decay, on weights of rank >= 2 only (PyTorch's default value)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decays (PyTorch's defaults)
     warmup_steps: int = 1000  # linear warm-up to lr (assumed; CROHME has 900 steps an epoch at the defaults)
+    warmup_share: float = 0.2  # ... but at most this share of the planned steps, so a short run is not all warm-up
     min_lr_ratio: float = 0.01  # cosine decay ends at lr * min_lr_ratio (assumed)
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off (assumed)
-    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016; Vaswani et al. 2017)
-    ema_decay: float = 0.999  # weight EMA decay, warmed up as min(decay, (1+t)/(10+t)) (TF ExponentialMovingAverage)
 
     def __post_init__(self):
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("lr must be positive; weight_decay, warmup_steps, grad_clip non-negative")
-        if not (0 <= self.min_lr_ratio <= 1 and 0 <= self.label_smoothing < 1 and 0 <= self.ema_decay < 1):
-            raise ValueError("min_lr_ratio must lie in [0, 1], label_smoothing and ema_decay in [0, 1)")
+        if not (0 < self.warmup_share <= 1 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError("warmup_share must lie in (0, 1], min_lr_ratio in [0, 1]")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas {self.betas} must lie in [0, 1)")
+
+    def warmup(self, total_steps: int) -> int:
+        """The warm-up steps of a run of total_steps: warmup_steps, capped at warmup_share of the run."""
+        return min(self.warmup_steps, math.ceil(self.warmup_share * total_steps))
+
+
+@dataclass(frozen=True)
+class OptimConfig(AdamWConfig):
+    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016; Vaswani et al. 2017)
+    ema_decay: float = 0.999  # weight EMA decay, warmed up as min(decay, (1+t)/(10+t)) (TF ExponentialMovingAverage)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (0 <= self.label_smoothing < 1 and 0 <= self.ema_decay < 1):
+            raise ValueError("label_smoothing and ema_decay must lie in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
+from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_command
 
 PRESETS = ("attend-tiny", "attend-small", "attend-cpu", "attend-crohme")
 # best.ckpt: the highest share of masked held-out images whose student embeddings find their own image's teacher
@@ -28,24 +29,24 @@ def stage() -> Stage:
     return Stage("attend", AttendConfig, make_data=lambda c: FinetuneData(c.data, c.trainer.seed, labels=False),
                  make_module=lambda c, data, gpu: AttendModule(c, channels_last=gpu),
                  checkpoint_meta=checkpoint_meta, monitor=MONITOR, mode=MODE,
-                 validation_record=lambda m: m.val_record(), panels=PANELS, initialize=initialize,
+                 validation_record=lambda m: m.val_record(), panels=PANELS, finish=finish, initialize=initialize,
                  validate_first=True)
 
 
 def attend(args: argparse.Namespace) -> int:
     """The command; reads args.preset, config, overrides, out, time_budget, resume, init, devices, nodes,
     accelerator, quiet. Writes RUN_DIR/attend.safetensors (+ attend.json)."""
-    run = run_stage(args, stage(), time.monotonic())
-    if run is None:
-        return 0
+    return run_command(args, stage(), time.monotonic())
+
+
+def finish(run: Run) -> Path:
     records = run.validations("val_match")
     best, first = records.get(run.checkpoints.best_step, {}), records.get(0, {})
     nan = float("nan")
     print(f"best held-out match {run.checkpoints.best:.1f}% at step {run.checkpoints.best_step} (step 0: "
           f"{first.get('val_match', nan):.1f}%), held-out loss {best.get('val_loss', nan):.4f} (step 0: "
           f"{first.get('val_loss', nan):.4f}); {run.run_dir}/best.ckpt, last.ckpt, log.jsonl, curves.png")
-    export(run, best, first, args)
-    return 0
+    return export(run, best, first)
 
 
 def initialize(module, path: str | None) -> None:
@@ -60,7 +61,7 @@ def initialize(module, path: str | None) -> None:
     module.teacher.module.load_state_dict(student.state_dict())  # the teacher starts as a copy
 
 
-def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
+def export(run: Run, best: dict, first: dict) -> Path:
     """Writes best.ckpt's teacher as RUN_DIR/attend.safetensors (exactly `encoder.*` and `attention.*`) + attend.json."""
     from maskmatch.attend.module import checkpoint_meta, handoff_model
     from maskmatch.weights import save_module_weights
@@ -71,12 +72,13 @@ def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
         "metrics": {"validation": {**values(best), "images": "held-out slice of the training split, masked at the "
                                    "schedule's end values", "monitor": f"{MONITOR} ({MODE})", "weights": "teacher"},
                     "step_0": values(first)},
-        **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
+        **manifest_training(run, checkpoint_meta(checkpoint)["config"]),
     }
     path = run.run_dir / EXPORT
     save_module_weights(path, handoff_model(checkpoint), ("encoder", "attention"), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest: start `maskmatch finetune --init {path} --set model.fusion=gate "
           f"--set model.attention_maps={run.config.model.attention_maps}` from it")
+    return path
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
-from maskmatch.train.runner import Run, Stage, add_run_options, load_config, manifest_training, run_stage
+from maskmatch.train.runner import Run, Stage, add_run_options, load_config, manifest_training, run_command
 
 PRESETS = ("pretrain-tiny", "pretrain-small", "pretrain-cpu", "pretrain-crohme")
 MONITOR, MODE = "val_loss", "min"  # best.ckpt: the lowest loss on the held-out slice's fixed views
@@ -25,7 +25,7 @@ def stage() -> Stage:
     return Stage("pretrain", PretrainConfig, make_data=lambda c: PretrainData(c.data, c.views, c.trainer.seed),
                  make_module=lambda c, data, gpu: PretrainModule(c, channels_last=gpu),
                  checkpoint_meta=checkpoint_meta, monitor=MONITOR, mode=MODE,
-                 validation_record=lambda m: m.val_metrics, panels=PANELS, validate_first=True)
+                 validation_record=lambda m: m.val_metrics, panels=PANELS, finish=finish, validate_first=True)
 
 
 def pretrain(args: argparse.Namespace) -> int:
@@ -34,9 +34,10 @@ def pretrain(args: argparse.Namespace) -> int:
     start = time.monotonic()
     if getattr(args, "show_views", None):
         return _show_views(args)
-    run = run_stage(args, stage(), start)
-    if run is None:
-        return 0
+    return run_command(args, stage(), start)
+
+
+def finish(run: Run) -> Path:
     records = run.validations("val_loss")
     best, first = records.get(run.checkpoints.best_step, {}), records.get(0, {})
     nan = float("nan")
@@ -45,11 +46,10 @@ def pretrain(args: argparse.Namespace) -> int:
           f"chance {best.get('probe_global_chance', nan):.1f}%), local {best.get('probe_local', nan):.1f}% "
           f"(step 0: {first.get('probe_local', nan):.1f}%, chance {best.get('probe_local_chance', nan):.2f}%)"
           f"; {run.run_dir}/best.ckpt, last.ckpt, log.jsonl, curves.png")
-    export(run, best, first, args)
-    return 0
+    return export(run, best, first)
 
 
-def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
+def export(run: Run, best: dict, first: dict) -> Path:
     """Writes best.ckpt's encoder as RUN_DIR/encoder.safetensors (only `encoder.*`) + encoder.json, the manifest."""
     from maskmatch.pretrain.module import checkpoint_meta, encoder_model
     from maskmatch.weights import save_module_weights
@@ -60,12 +60,13 @@ def export(run: Run, best: dict, first: dict, args: argparse.Namespace) -> None:
         "metrics": {"validation": {**probe(best), "images": "held-out slice of the training split (fixed views)",
                                    "monitor": f"{MONITOR} ({MODE})"},
                     "step_0": probe(first)},
-        **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
+        **manifest_training(run, checkpoint_meta(checkpoint)["config"]),
     }
     path = run.run_dir / "encoder.safetensors"
     save_module_weights(path, encoder_model(checkpoint), ("encoder",), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest: start `maskmatch attend --init {path}` (stage 2) "
           f"or `maskmatch finetune --init {path}` from it")
+    return path
 
 
 def _show_views(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_stage
+from pathlib import Path
+
+from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_command
 
 PRESETS = ("tiny", "small", "cpu", "crohme")
 
@@ -19,20 +21,20 @@ def stage() -> Stage:
     return Stage("finetune", FinetuneConfig, make_data=lambda c: FinetuneData(c.data, c.trainer.seed),
                  make_module=lambda c, data, gpu: FinetuneModule(c, data.vocabulary, channels_last=gpu),
                  checkpoint_meta=checkpoint_meta, monitor="val_exprate", mode="max", validation_record=exprate_record,
-                 panels=FINETUNE_PANELS, initialize=initialize)
+                 panels=FINETUNE_PANELS, finish=finish, initialize=initialize)
 
 
 def finetune(args: argparse.Namespace) -> int:
     """The command; reads args.preset, config, overrides, out, time_budget, resume, init, label_fraction, devices,
     nodes, accelerator, quiet. Writes RUN_DIR/model.safetensors (+ model.json)."""
-    run = run_stage(args, stage(), time.monotonic())
-    if run is None:
-        return 0
+    return run_command(args, stage(), time.monotonic())
+
+
+def finish(run: Run) -> Path:
     c = run.checkpoints
     print(f"best validation ExpRate {c.best:.2f}% (EMA, greedy, {c.val_n} held-out images) "
           f"at step {c.best_step}; {run.run_dir}/best.ckpt, last.ckpt, log.jsonl, curves.png")
-    export(run, args)
-    return 0
+    return export(run)
 
 
 def initialize(module, path: str | None) -> None:
@@ -42,7 +44,7 @@ def initialize(module, path: str | None) -> None:
         module.ema.module.load_state_dict(module.model.state_dict())
 
 
-def export(run: Run, args: argparse.Namespace) -> None:
+def export(run: Run) -> Path:
     """Writes the best checkpoint's EMA weights as RUN_DIR/model.safetensors (+ .json) with a manifest."""
     from maskmatch.train.module import checkpoint_meta, ema_model
     from maskmatch.weights import save_weights
@@ -51,11 +53,12 @@ def export(run: Run, args: argparse.Namespace) -> None:
     manifest = {
         "metrics": {"validation": {"exprate": round(run.checkpoints.best, 4), "decoding": "greedy",
                                    "images": "held-out slice of the training split"}},
-        **manifest_training(run, checkpoint_meta(checkpoint)["config"], args),
+        **manifest_training(run, checkpoint_meta(checkpoint)["config"]),
     }
     path = run.run_dir / "model.safetensors"
     save_weights(path, ema_model(checkpoint), manifest, **run.preprocessing())
     print(f"wrote {path} and its manifest")
+    return path
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -23,19 +23,28 @@ format, its manifest naming each stage's device, minutes and command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
+from maskmatch.attend.commands import stage as attend_stage
 from maskmatch.cli_args import positive_int
+from maskmatch.config import from_dict, override, to_dict
 from maskmatch.errors import UserError
+from maskmatch.pretrain.commands import stage as pretrain_stage
+from maskmatch.train import runner
+from maskmatch.train.commands import stage as finetune_stage
 from maskmatch.train.stages import (EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over,
                                     write_state)
 
 PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
 ENCODER_ONLY = "encoder.safetensors"  # beside attend.safetensors: its encoder alone (fusion none)
+STAGE_OF = {"pretrain": pretrain_stage, "attend": attend_stage, "finetune": finetune_stage}  # name -> its Stage
 
 
 def stage_classes() -> dict:
@@ -50,8 +59,6 @@ def stage_configs(values: dict, overrides: list[str]) -> tuple[BudgetSplit, dict
     """(budget split, {stage: typed config}) from the train YAML's values and --set assignments.
 
     `--set model.KEY=V` changes every stage's model; `--set STAGE.KEY=V` one stage; `--set budget_split.S=V`."""
-    from maskmatch.config import from_dict, override
-
     values = dict(values)
     unknown = sorted(set(values) - {"model", "budget_split", *STAGES})
     if unknown:
@@ -80,8 +87,6 @@ def stage_configs(values: dict, overrides: list[str]) -> tuple[BudgetSplit, dict
 
 def _load(args: argparse.Namespace, run_dir: Path) -> tuple[BudgetSplit, dict, dict]:
     """(split, configs, the train YAML's values as saved in RUN_DIR/train.yaml)."""
-    import yaml
-
     if args.resume:
         if args.preset or args.config or args.overrides or args.data:
             raise UserError("--resume continues RUN_DIR with its own train.yaml; drop --preset/--config/--set/--data")
@@ -109,12 +114,8 @@ def _load(args: argparse.Namespace, run_dir: Path) -> tuple[BudgetSplit, dict, d
 
 def _saved_values(split: BudgetSplit, configs: dict) -> dict:
     """The train YAML of this run, overrides applied: what --resume reads back."""
-    from dataclasses import asdict
-
-    from maskmatch.config import to_dict
-
     sections = {stage: {k: v for k, v in to_dict(c).items() if k != "model"} for stage, c in configs.items()}
-    return {"model": to_dict(configs["finetune"].model), "budget_split": asdict(split), **sections}
+    return {"model": to_dict(configs["finetune"].model), "budget_split": dataclasses.asdict(split), **sections}
 
 
 def _stages(args: argparse.Namespace, run_dir: Path) -> list[str]:
@@ -126,12 +127,8 @@ def _stages(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from maskmatch.cli import make_parser
-    from maskmatch.config import to_dict
-
     run_dir = Path(args.out)
+    hardware = runner.Hardware.from_args(args)
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} is not empty: add --resume to continue its run, or choose another --out")
     split, configs, _ = _load(args, run_dir)
@@ -155,8 +152,6 @@ def _train(args: argparse.Namespace) -> int:
             print(f"train: {stage} already done ({export})", flush=True)
             previous = export
             continue
-        argv = [stage, "--out", str(folder), f"--devices={args.devices}", f"--nodes={args.nodes}",
-                f"--accelerator={args.accelerator}"] + (["--quiet"] if args.quiet else [])
         if stage == "finetune" and previous is not None and previous.name == EXPORTS["attend"] \
                 and configs["finetune"].model.fusion == "none":
             previous = encoder_only(previous)
@@ -166,29 +161,41 @@ def _train(args: argparse.Namespace) -> int:
         if other and not resuming and take_over(Path(other), run_dir, stage, configs[stage], seconds, previous, state):
             previous = export
             continue
-        if resuming:
-            argv.append("--resume")
-        else:
-            stage_yaml = run_dir / f"{stage}.yaml"
-            stage_yaml.write_text(yaml.safe_dump(to_dict(configs[stage]), sort_keys=False), "utf-8")
-            argv += ["--config", str(stage_yaml)] + (["--init", str(previous)] if previous else [])
-        if seconds is not None:
-            if seconds < 10:
-                raise UserError(f"the time budget is spent before {stage} ({seconds:.0f} s for it); give a larger one")
-            argv += ["--time-budget", f"{seconds:.0f}"]
-        print(f"train: stage {i + 1}/{len(stages)}: maskmatch {shlex.join(argv)}", flush=True)
+        if seconds is not None and seconds < 10:
+            raise UserError(f"the time budget is spent before {stage} ({seconds:.0f} s for it); give a larger one")
+        config, command = _stage_config(run_dir, stage, configs[stage], resuming, previous, seconds, hardware)
+        print(f"train: stage {i + 1}/{len(stages)}: {command}", flush=True)
         start = time.monotonic()
-        stage_args = make_parser().parse_args(argv)
-        code = stage_args.run(stage_args)
+        exported = runner.train(STAGE_OF[stage](), config, folder, command=command, resume=resuming,
+                                hardware=hardware, quiet=args.quiet, start=start)
         state["seconds"][stage] = state["seconds"].get(stage, 0.0) + time.monotonic() - start
         write_state(run_dir, state)
-        if code != 0 or not export.is_file():
+        if exported is None or not export.is_file():
             raise UserError(f"{stage} ended without {export}; fix the cause and continue with --resume")
         previous = export
     final = _export(run_dir, stages, state)
     minutes = ", ".join(f"{s} {state['seconds'][s] / 60:.1f} min" for s in stages if s in state["seconds"])
     print(f"train: wrote {final} (+ .json): {minutes}")
     return 0
+
+
+def _stage_config(run_dir: Path, stage: str, config, resuming: bool, previous: Path | None, seconds: float | None,
+                  hardware: runner.Hardware) -> tuple[object, str]:
+    """A stage's config (a resumed one: its own config.yaml) with its start weights and minutes, and the command
+    that trains it alone, as its manifest records it (a fresh stage's config goes to RUN_DIR/STAGE.yaml for it)."""
+    folder = run_dir / stage
+    words = ["maskmatch", stage, "--out", str(folder)]
+    if resuming:
+        config, words = runner.saved_config(folder, type(config)), words + ["--resume"]
+    else:
+        stage_yaml = run_dir / f"{stage}.yaml"
+        stage_yaml.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), "utf-8")
+        words += ["--config", str(stage_yaml)] + (["--init", str(previous)] if previous else [])
+        config = dataclasses.replace(config, init=str(previous)) if previous else config
+    if seconds is not None:
+        config = override(config, [f"trainer.time_budget={float(round(seconds))}"])
+        words += ["--time-budget", f"{seconds:.0f}"]
+    return config, shlex.join(words + hardware.words())
 
 
 def encoder_only(attend_export: Path) -> Path:
@@ -228,13 +235,11 @@ def _export(run_dir: Path, stages: list[str], state: dict) -> Path:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The training commands' line (`runner.command_line`) and train's own options."""
-    from maskmatch.train.runner import command_line
-
     words = ["--data", args.data] if args.data else []
     words += ["--skip-stage1"] if args.skip_stage1 else []
     words += ["--skip-stage2"] if args.skip_stage2 else []
     words += ["--reuse", args.reuse] if args.reuse else []
-    return shlex.join([*shlex.split(command_line(args, "train")), *words])
+    return shlex.join([*shlex.split(runner.command_line(args, "train")), *words])
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -1,10 +1,12 @@
 """One Lightning run for every training command (pretrain, attend, finetune): config, resume checks, callbacks.
 
-A command describes what differs in a `Stage` (its config class, data, module, checkpoint check, monitored
-value, log panels) and calls `run_stage`, which loads the config (a preset, a file, or RUN_DIR/config.yaml on
---resume, then --set, --time-budget, --init, --label-fraction), refuses to overwrite a run, writes
-config.yaml, and fits with the budget planner, atomic checkpoints, log.jsonl and curves.png. What the
-command then reports and exports is its own. Lightning is imported inside, so `maskmatch --help` stays fast.
+A stage describes what differs in a `Stage` (its config class, data, module, checkpoint check, monitored value,
+log panels, and `finish`: what it reports and exports). `run_stage(stage, config, run_dir, ...)` takes a typed
+config, refuses to overwrite a run, writes config.yaml, and fits with the budget planner, atomic checkpoints,
+log.jsonl and curves.png; `train` adds the stage's `finish`. The commands only parse arguments
+(`load_config`: a preset, a file, or RUN_DIR/config.yaml on --resume, then --set, --time-budget, --init,
+--label-fraction) and call `train` (`run_command`); `maskmatch train` calls it directly for each stage.
+Lightning is imported inside, so `maskmatch --help` stays fast.
 """
 
 from __future__ import annotations
@@ -37,8 +39,25 @@ class Stage:
     mode: str  # "max" or "min": which way the monitored value is better
     validation_record: Callable[[Any], dict]  # module -> the validation line of log.jsonl
     panels: tuple  # curves.png: ((log keys, title), ...)
+    finish: Callable[["Run"], Path]  # a finished run -> the weights it exported (after saying what it learned)
     initialize: Callable[[Any, str | None], None] | None = None  # (module, config.init): a fresh run's start weights
     validate_first: bool = False  # a fresh run validates the whole held-out slice at step 0 and logs it
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where a run trains: devices per node, nodes (more than one device in all: DDP), accelerator."""
+
+    devices: int = 1
+    nodes: int = 1
+    accelerator: str = "auto"  # "auto", "cpu" or "gpu"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Hardware":
+        return cls(args.devices, args.nodes, args.accelerator)
+
+    def words(self) -> list[str]:
+        return [f"--devices={self.devices}", f"--nodes={self.nodes}", f"--accelerator={self.accelerator}"]
 
 
 @dataclass
@@ -52,6 +71,7 @@ class Run:
     trainer: Any
     checkpoints: Any  # RunCheckpoints: best, best_step, val_n
     log: Any  # RunLog: run_seconds()
+    command: str  # the command line that trains it again, for the manifest
 
     def best_checkpoint(self) -> dict:
         """best.ckpt, loaded on the CPU (tensors only, never unpickled objects)."""
@@ -112,33 +132,23 @@ def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME
     the command has them, --label-fraction and --init."""
     import dataclasses
 
-    import yaml
+    from maskmatch.config import override, to_dict
 
-    from maskmatch.config import from_dict, override, to_dict
-
-    run_dir = Path(args.out)
     if args.resume:
         if args.preset or args.config:
             raise UserError("--resume continues RUN_DIR with its own config.yaml; drop --preset/--config")
-        source = run_dir / "config.yaml"
-        if not (run_dir / "last.ckpt").is_file() or not source.is_file():
-            raise UserError(f"{run_dir}: no run to resume (config.yaml and last.ckpt needed)")
-        text = source.read_text("utf-8")
+        saved = saved_config(Path(args.out), config_class)
     elif args.preset:
         text = resources.files("maskmatch").joinpath("presets", f"{args.preset}.yaml").read_text("utf-8")
+        saved = _parse(text, config_class, args.preset)
     elif args.config:
         try:
             text = Path(args.config).read_text("utf-8")
         except OSError as e:
             raise UserError(f"{args.config}: cannot read config ({e.strerror})") from None
+        saved = _parse(text, config_class, args.config)
     else:
         raise UserError("give --preset, --config FILE or --resume")
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{source if args.resume else args.config or args.preset}: not valid YAML "
-                        f"({str(e).splitlines()[0]})") from None
-    saved = from_dict(config_class, values)
     config = override(saved, args.overrides)
     if args.time_budget is not None:
         config = override(config, [f"trainer.time_budget={args.time_budget}"])
@@ -152,6 +162,26 @@ def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME
             raise UserError(f"--resume continues the run as configured: {changed[0]} cannot change "
                             f"(only {', '.join(sorted(resume_may_change))}); start a new run instead")
     return config
+
+
+def saved_config(run_dir: Path, config_class):
+    """The config of the run in RUN_DIR (its config.yaml), which --resume continues; UserError if there is none."""
+    source = run_dir / "config.yaml"
+    if not (run_dir / "last.ckpt").is_file() or not source.is_file():
+        raise UserError(f"{run_dir}: no run to resume (config.yaml and last.ckpt needed)")
+    return _parse(source.read_text("utf-8"), config_class, source)
+
+
+def _parse(text: str, config_class, where) -> Any:
+    import yaml
+
+    from maskmatch.config import from_dict
+
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return from_dict(config_class, values)
 
 
 def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -177,13 +207,31 @@ def check_resumable(path: Path, checkpoint_meta: Callable[[dict], dict]) -> None
         raise UserError(f"{path}: cannot resume from it ({str(e).splitlines()[0]})") from None
 
 
-def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None) -> Run | None:
-    """Trains `stage` as `args` say (the options of `add_run_options`, plus init and label_fraction where the command
-    has them). None on ranks other than 0 and when no validation ran; a user's mistake is a UserError."""
+def run_command(args: argparse.Namespace, stage: Stage, start: float | None = None) -> int:
+    """A training command: its config from the arguments (`load_config`), then `train`."""
     start = time.monotonic() if start is None else start
     config = load_config(args, stage.config_class)
-    run_dir = Path(args.out)
-    if not args.resume and (run_dir / "last.ckpt").exists():
+    train(stage, config, Path(args.out), command=command_line(args, stage.name), resume=args.resume,
+          hardware=Hardware.from_args(args), quiet=args.quiet, start=start)
+    return 0
+
+
+def train(stage: Stage, config, run_dir: Path, *, command: str, resume: bool = False, hardware: Hardware = Hardware(),
+          quiet: bool = False, start: float | None = None) -> Path | None:
+    """`run_stage`, then the stage's `finish`: the weights it exported (None where run_stage returns None)."""
+    run = run_stage(stage, config, run_dir, command=command, resume=resume, hardware=hardware, quiet=quiet,
+                    start=start)
+    return None if run is None else stage.finish(run)
+
+
+def run_stage(stage: Stage, config, run_dir: Path, *, command: str, resume: bool = False,
+              hardware: Hardware = Hardware(), quiet: bool = False, start: float | None = None) -> Run | None:
+    """Trains `stage` with `config` (its config_class; init and time budget in it) in run_dir, from last.ckpt if
+    `resume`. `command` is the line that trains it again (for the manifest); `start`, when the command's clock
+    started (the time budget counts from it). None on ranks other than 0 and when no validation ran; a user's
+    mistake is a UserError."""
+    start = time.monotonic() if start is None else start
+    if not resume and (run_dir / "last.ckpt").exists():
         raise UserError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
 
     import warnings
@@ -201,16 +249,16 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # workers are a config choice
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning's, not ours
     t = config.trainer
-    gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
+    gpu = hardware.accelerator == "gpu" or (hardware.accelerator == "auto" and torch.cuda.is_available())
     data = stage.make_data(config)
     if len(data.cache.vocabulary) != config.model.vocab_size:
         raise UserError(f"model.vocab_size is {config.model.vocab_size}, the data's vocabulary has "
                         f"{len(data.cache.vocabulary)} symbols")
-    if args.resume:
+    if resume:
         check_resumable(run_dir / LAST, stage.checkpoint_meta)
     L.seed_everything(t.seed, verbose=False)
     module = stage.make_module(config, data, gpu)
-    if stage.initialize and not args.resume:  # a resumed run's weights come from last.ckpt
+    if stage.initialize and not resume:  # a resumed run's weights come from last.ckpt
         stage.initialize(module, config.init)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)
@@ -221,17 +269,18 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None
                  log_initial_validation=stage.validate_first)
     checkpoints = RunCheckpoints(run_dir, t.checkpoint_every_n_steps, log, monitor=stage.monitor, mode=stage.mode)
     planner = BudgetPlanner(t.max_epochs, t.time_budget, t.plan_after_steps, start, checkpoints, log)
-    many = args.devices * args.nodes > 1
+    many = hardware.devices * hardware.nodes > 1
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=args.devices, num_nodes=args.nodes, strategy="ddp" if many else "auto",
+        accelerator=hardware.accelerator, devices=hardware.devices, num_nodes=hardware.nodes,
+        strategy="ddp" if many else "auto",
         precision="bf16-mixed" if gpu and t.precision == "bf16-mixed" else "32-true",
         max_epochs=t.max_epochs, logger=False, enable_checkpointing=False, use_distributed_sampler=False,
         gradient_clip_val=config.optim.grad_clip or None, default_root_dir=run_dir,
-        num_sanity_val_steps=-1 if stage.validate_first and not args.resume else 2,  # -1: the whole held-out slice
+        num_sanity_val_steps=-1 if stage.validate_first and not resume else 2,  # -1: the whole held-out slice
         callbacks=[planner, checkpoints, log],
-        enable_progress_bar=not args.quiet, plugins=[AtomicCheckpointIO()], enable_model_summary=not args.quiet)
+        enable_progress_bar=not quiet, plugins=[AtomicCheckpointIO()], enable_model_summary=not quiet)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=run_dir / LAST if args.resume else None)
+        trainer.fit(module, datamodule=data, ckpt_path=run_dir / LAST if resume else None)
     except NonFiniteLoss as e:
         last = run_dir / LAST
         raise UserError(f"{e}; " + (f"the last checkpoint is {last} (step {checkpoints.saved_step})" if last.is_file()
@@ -241,7 +290,7 @@ def run_stage(args: argparse.Namespace, stage: Stage, start: float | None = None
     if checkpoints.best is None:
         print(f"no validation ran, so no best.ckpt; {run_dir}/last.ckpt holds the run")
         return None
-    return Run(stage, config, run_dir, data, trainer, checkpoints, log)
+    return Run(stage, config, run_dir, data, trainer, checkpoints, log, command)
 
 
 def command_line(args: argparse.Namespace, command: str) -> str:
@@ -255,8 +304,7 @@ def command_line(args: argparse.Namespace, command: str) -> str:
     words += ["--resume"] if args.resume else []
     words += ["--init", str(args.init)] if getattr(args, "init", None) else []
     words += ["--label-fraction", f"{args.label_fraction:g}"] if getattr(args, "label_fraction", None) else []
-    words += [f"--devices={args.devices}", f"--nodes={args.nodes}", f"--accelerator={args.accelerator}"]
-    return shlex.join(words)
+    return shlex.join(words + Hardware.from_args(args).words())
 
 
 def device_words(trainer) -> str:
@@ -271,13 +319,13 @@ def device_words(trainer) -> str:
     return f"{trainer.world_size} x {name}" if trainer.world_size > 1 else name
 
 
-def manifest_training(run: Run, checkpoint_config: dict, args: argparse.Namespace) -> dict:
+def manifest_training(run: Run, checkpoint_config: dict) -> dict:
     """The manifest's "command" and "training" sections of a run's exported weights (best.ckpt's)."""
     training = {"stage": run.stage.name, "config": checkpoint_config, "step": run.checkpoints.best_step,
                 "device": device_words(run.trainer), "minutes": round(run.log.run_seconds() / 60, 2)}
     if checkpoint_config.get("init"):  # what the run started from, for the training history (history.py)
         training["init"] = {"file": checkpoint_config["init"], "sha256": weights_sha256(checkpoint_config["init"])}
-    return {"command": command_line(args, run.stage.name), "training": training}
+    return {"command": run.command, "training": training}
 
 
 def weights_sha256(path: str) -> str | None:

@@ -97,7 +97,7 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, when) -> None:
     import sys
     import time
 
-    from maskmatch.train.callbacks import read_log
+    from maskmatch.engine.callbacks import read_log
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "maskmatch", *args], env=env, stdout=subprocess.DEVNULL,

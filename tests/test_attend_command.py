@@ -15,8 +15,8 @@ from maskmatch.attend.commands import initialize
 from maskmatch.attend.config import AttendConfig
 from maskmatch.attend.module import AttendModule
 from maskmatch.cli import main
+from maskmatch.engine.callbacks import read_log
 from maskmatch.model import HMERModel, ModelConfig
-from maskmatch.train.callbacks import read_log
 from maskmatch.weights import MODULE_FIELDS, read_manifest, save_module_weights
 
 EPOCHS, STEPS_PER_EPOCH = 6, 4  # 32 training images (+ 8 held out), 8 a batch
@@ -171,8 +171,8 @@ def test_resume_and_config_mistakes_are_one_line(run, tmp_path, capsys):
 def test_stage_2_validates_at_its_training_scale(images):
     """Its BatchNorm statistics come from images at data.scale_range: validation reads them at its geometric mean
     (0.5 here), recognition (labels) at scale 1."""
-    from maskmatch.train.config import DataConfig
-    from maskmatch.train.data import FinetuneData
+    from maskmatch.data.loading import FinetuneData
+    from maskmatch.engine.config import DataConfig
 
     config = DataConfig(root=str(images), val_size=8, pixel_budget=200_000, max_batch_size=8, workers=0,
                         scale_range=(0.25, 1.0))

@@ -18,8 +18,8 @@ from maskmatch.attend.module import AttendModule
 from maskmatch.attend.schedule import MaskSchedule
 from maskmatch.config import from_dict
 from maskmatch.data.batching import collate
+from maskmatch.engine.config import TrainerConfig
 from maskmatch.model import HMERModel, ModelConfig
-from maskmatch.train.config import TrainerConfig
 
 
 def expressions(n: int, seed: int) -> list:

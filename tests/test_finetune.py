@@ -15,15 +15,16 @@ from conftest import glyph, kill_after_checkpoint
 
 from maskmatch.cli import main
 from maskmatch.data.cache import Cache, CacheWriter
+from maskmatch.data.loading import FinetuneData, ScaledDataset
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
+from maskmatch.engine.callbacks import AtomicCheckpointIO, read_log
+from maskmatch.engine.config import DataConfig
+from maskmatch.engine.ema import EMA
+from maskmatch.engine.schedule import ema_decay, lr_factor, plan_total_steps
 from maskmatch.errors import UserError
-from maskmatch.train.callbacks import AtomicCheckpointIO, read_log
-from maskmatch.train.config import DataConfig, OptimConfig
-from maskmatch.train.data import FinetuneData, ScaledDataset
-from maskmatch.train.ema import EMA
-from maskmatch.train.module import ema_model
-from maskmatch.train.schedule import ema_decay, lr_factor, plan_total_steps
+from maskmatch.finetune.config import OptimConfig
+from maskmatch.finetune.module import ema_model
 from maskmatch.weights import load_weights, read_manifest
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from maskmatch.data.cache import Cache, CacheWriter
+from maskmatch.data.loading import held_out_split
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
 from maskmatch.errors import UserError
-from maskmatch.train.data import held_out_split
 
 
 def test_the_cache_numbers_expressions_by_their_tokens(tmp_path):

@@ -9,9 +9,9 @@ import yaml
 from conftest import build_train_split
 
 from maskmatch.cli import main
+from maskmatch.pipeline import stage_configs
 from maskmatch.recognizer import Recognizer
-from maskmatch.train.pipeline import stage_configs
-from maskmatch.train.stages import BudgetSplit, stage_seconds
+from maskmatch.stages import BudgetSplit, stage_seconds
 from maskmatch.weights import read_manifest
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "maskmatch" / "presets" / "train-tiny.yaml"

@@ -32,8 +32,8 @@ from pathlib import Path
 from maskmatch.ablation_report import markdown, measure, plot, run_name
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
-from maskmatch.train.pipeline import PRESETS
-from maskmatch.train.stages import STATE, stage_done
+from maskmatch.pipeline import PRESETS
+from maskmatch.stages import STATE, stage_done
 
 ARMS = {
     "A": (["--skip-stage1", "--skip-stage2"], "none"),

@@ -18,11 +18,11 @@ def parse_name(name: str) -> tuple[str, float, int]:
 
 def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     """One finished arm: its stages' minutes and CPU-hours, held-out and test ExpRate (greedy, with the grammar)."""
+    from maskmatch.engine.callbacks import read_log
     from maskmatch.history import cpu_hours
     from maskmatch.inference_commands import evaluate_split
     from maskmatch.recognizer import Recognizer
-    from maskmatch.train.callbacks import read_log
-    from maskmatch.train.stages import read_state
+    from maskmatch.stages import read_state
     from maskmatch.validation import held_out_exprate
 
     rec = Recognizer.load(folder / "model.safetensors", "cpu")

@@ -10,15 +10,15 @@ import argparse
 import importlib
 import sys
 
-from maskmatch.version import __version__
 from maskmatch.errors import UserError
+from maskmatch.version import __version__
 
 COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.data.commands",  # data build, data sheet
     "maskmatch.pretrain.commands",  # pretrain: stage 1
     "maskmatch.attend.commands",  # attend: stage 2
-    "maskmatch.train.commands",  # finetune: stage 3
-    "maskmatch.train.pipeline",  # train: all three stages
+    "maskmatch.finetune.commands",  # finetune: stage 3
+    "maskmatch.pipeline",  # train: all three stages
     "maskmatch.ablation",  # ablation: does Mask & Match pay, at equal budget
     "maskmatch.inference_commands",  # recognize, evaluate
     "maskmatch.export",  # export --onnx

@@ -26,9 +26,9 @@ def run_row(run_dir: Path) -> dict:
     import json
 
     from maskmatch.config import load_yaml
+    from maskmatch.engine.callbacks import read_log
+    from maskmatch.finetune.config import FinetuneConfig
     from maskmatch.model import HMERModel
-    from maskmatch.train.callbacks import read_log
-    from maskmatch.train.config import FinetuneConfig
 
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "log.jsonl").is_file():
         raise UserError(f"{run_dir}: not a finetune run (config.yaml and log.jsonl needed)")

@@ -47,7 +47,7 @@ def stage_folders(run_dir: Path) -> dict[str, Path]:
 
 def training_summary(run_dir: Path, manifest: dict) -> dict:
     """Per stage: minutes, steps and median images/s from its log.jsonl; the device from the manifest."""
-    from maskmatch.train.callbacks import read_log
+    from maskmatch.engine.callbacks import read_log
 
     summary = {}
     for stage, folder in stage_folders(run_dir).items():

@@ -38,7 +38,7 @@ def recipe_config(spec: str):
     import yaml
 
     from maskmatch.config import from_dict, override
-    from maskmatch.train.pipeline import stage_classes
+    from maskmatch.pipeline import stage_classes
 
     preset, _, sets = spec.partition(":")
     try:
@@ -102,12 +102,12 @@ def measure(config, batches: int, seed: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from maskmatch.data.loading import FinetuneData
+    from maskmatch.engine import common
+    from maskmatch.engine.ema import EMA
+    from maskmatch.engine.schedule import ema_decay
+    from maskmatch.finetune.module import bidirectional_loss
     from maskmatch.model import HMERModel, bidirectional_targets
-    from maskmatch.train import common
-    from maskmatch.train.data import FinetuneData
-    from maskmatch.train.ema import EMA
-    from maskmatch.train.module import bidirectional_loss
-    from maskmatch.train.schedule import ema_decay
 
     torch.manual_seed(seed)
     data = FinetuneData(config.data, seed)

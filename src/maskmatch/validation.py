@@ -36,9 +36,9 @@ def average_state(states: list[dict]) -> dict:
 def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
     """The images and canonical reference tokens of a Recognizer's model's held-out validation slice of
     root/train (the manifest's data.val_size and val_seed); UserError if the data is not the model's."""
+    from maskmatch.data.loading import held_out_split, open_split
     from maskmatch.data.render import RenderConfig
     from maskmatch.metrics import canonical
-    from maskmatch.train.data import held_out_split, open_split
 
     data = ((rec.manifest.get("training") or {}).get("config") or {}).get("data") or {}
     cache = open_split(root, data.get("train_split", "train"))
@@ -111,8 +111,8 @@ def _table(decoding: str, rows: list[dict], ece: float, correct) -> str:
 def _average(args: argparse.Namespace) -> int:
     import torch
 
+    from maskmatch.finetune.module import checkpoint_meta, ema_model
     from maskmatch.recognizer import Recognizer
-    from maskmatch.train.module import checkpoint_meta, ema_model
     from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
     try:

@@ -7,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_command
+from maskmatch.engine.options import add_run_options, run_command
+from maskmatch.engine.runner import Run, Stage, load_init, manifest_training
 
 PRESETS = ("attend-tiny", "attend-small", "attend-cpu", "attend-crohme")
 # best.ckpt: the highest share of masked held-out images whose student embeddings find their own image's teacher
@@ -24,7 +25,7 @@ PANELS = ((("loss", "match", "prediction", "val_loss"), "loss (weighted total) a
 def stage() -> Stage:
     from maskmatch.attend.config import AttendConfig
     from maskmatch.attend.module import AttendModule, checkpoint_meta
-    from maskmatch.train.data import FinetuneData
+    from maskmatch.data.loading import FinetuneData
 
     return Stage("attend", AttendConfig, make_data=lambda c: FinetuneData(c.data, c.trainer.seed, labels=False),
                  make_module=lambda c, data, gpu: AttendModule(c, channels_last=gpu),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from maskmatch.attend.schedule import MaskSchedule
+from maskmatch.engine.config import AdamWConfig, DataConfig, TrainerConfig
 from maskmatch.model.config import ModelConfig
-from maskmatch.train.config import AdamWConfig, DataConfig, TrainerConfig
 
 
 @dataclass(frozen=True)

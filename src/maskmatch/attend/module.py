@@ -33,10 +33,10 @@ from maskmatch.attend.predictor import FeaturePredictor
 from maskmatch.attend.teacher import Teacher, teacher_momentum
 from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
+from maskmatch.engine import common
 from maskmatch.model.attention import AttentionNetwork
 from maskmatch.model.config import ModelConfig
 from maskmatch.model.encoder import Encoder
-from maskmatch.train import common
 
 CHECKPOINT_FORMAT = 1
 STAGE = "attend"

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from maskmatch.train.ema import EMA
+from maskmatch.engine.ema import EMA
 
 
 def teacher_momentum(progress: float, start: float, end: float) -> float:

@@ -6,7 +6,7 @@ Layout of `<split>/cache/`:
   tokens.npy     int16 (T,): token ids of all expressions, back to back
   token_offsets.npy  int64 (N + 1,): expression i is tokens[token_offsets[i]:token_offsets[i+1]]
   expressions.npy  int32 (N,): which distinct token sequence image i shows (equal captions, equal ids), so
-                 that a held-out slice can take whole expressions (train/data.py); not a label to learn from
+                 that a held-out slice can take whole expressions (data/loading.py); not a label to learn from
   meta.json      format version, names, vocabulary, render config
 Opening it maps the files and reads only the small index, so a training run starts in well under a
 second and data-loader workers (and DDP ranks) share the page cache instead of copying images.

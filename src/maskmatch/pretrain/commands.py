@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
+from maskmatch.engine.options import add_run_options, load_config, run_command
+from maskmatch.engine.runner import Run, Stage, manifest_training
 from maskmatch.errors import UserError
-from maskmatch.train.runner import Run, Stage, add_run_options, load_config, manifest_training, run_command
 
 PRESETS = ("pretrain-tiny", "pretrain-small", "pretrain-cpu", "pretrain-crohme")
 MONITOR, MODE = "val_loss", "min"  # best.ckpt: the lowest loss on the held-out slice's fixed views

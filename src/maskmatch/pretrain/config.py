@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from maskmatch.engine.config import AdamWConfig, TrainerConfig
 from maskmatch.model.config import ModelConfig
-from maskmatch.train.config import AdamWConfig, TrainerConfig
 
 
 @dataclass(frozen=True)

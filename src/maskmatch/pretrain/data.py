@@ -14,11 +14,10 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from maskmatch.data.batching import BucketBatchSampler, ImageDataset, collate
-from maskmatch.data.cache import Cache
+from maskmatch.data.loading import ResumableLoader, TrainBatches, held_out_split, open_split
 from maskmatch.errors import UserError
 from maskmatch.pretrain.config import PretrainDataConfig, ViewConfig
 from maskmatch.pretrain.views import largest_view
-from maskmatch.train.data import ResumableLoader, TrainBatches, held_out_split, open_split
 
 class PretrainData(L.LightningDataModule):
     """All training images less the held-out slice (the same as finetune's for the same val_size and val_seed)."""

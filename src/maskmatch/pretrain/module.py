@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from maskmatch.data.batching import Batch
+from maskmatch.engine import common
+from maskmatch.engine.common import step_seed
 from maskmatch.model import HMERModel
 from maskmatch.model.encoder import Encoder
 from maskmatch.pretrain.config import PretrainConfig
@@ -28,8 +30,6 @@ from maskmatch.pretrain.global_loss import GlobalInfoNCE
 from maskmatch.pretrain.local_loss import LocalInfoNCE
 from maskmatch.pretrain.probe import ProbeCounts, global_retrieval, local_matching
 from maskmatch.pretrain.views import ViewPair, make_views, sample_at
-from maskmatch.train import common
-from maskmatch.train.common import step_seed
 
 CHECKPOINT_FORMAT = 1
 STAGE = "pretrain"

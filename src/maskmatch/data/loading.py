@@ -26,8 +26,8 @@ from maskmatch.data.batching import BucketBatchSampler, CacheDataset, ImageDatas
 from maskmatch.data.cache import Cache
 from maskmatch.data.variants import FOLDER as VARIANTS
 from maskmatch.data.variants import SUBEXPRESSIONS
+from maskmatch.engine.config import DataConfig
 from maskmatch.errors import UserError
-from maskmatch.train.config import DataConfig
 
 
 def scaled_size(height: int, width: int, scale: float, max_height: int, max_width: int) -> tuple[int, int]:

@@ -9,13 +9,12 @@ import torch.nn.functional as F
 from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.data.vocab import PAD, Vocabulary
+from maskmatch.engine import common
+from maskmatch.engine.ema import EMA
+from maskmatch.engine.schedule import ema_decay
+from maskmatch.finetune.config import FinetuneConfig
 from maskmatch.metrics import canonical
 from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets, search
-from maskmatch.train import common
-from maskmatch.train.common import NonFiniteLoss  # noqa: F401  (its home before train.common; still imported from here)
-from maskmatch.train.config import FinetuneConfig
-from maskmatch.train.ema import EMA
-from maskmatch.train.schedule import ema_decay
 
 CHECKPOINT_FORMAT = 1
 STAGE = "finetune"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskmatch.config import to_dict
-from maskmatch.train.runner import weights_sha256
+from maskmatch.engine.runner import weights_sha256
 
 STAGES = ("pretrain", "attend", "finetune")
 EXPORTS = {"pretrain": "encoder.safetensors", "attend": "attend.safetensors", "finetune": "model.safetensors"}

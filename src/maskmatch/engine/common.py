@@ -14,11 +14,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from maskmatch.version import __version__
 from maskmatch.config import from_dict, to_dict
 from maskmatch.data.batching import Batch
+from maskmatch.engine.schedule import lr_factor
 from maskmatch.model.config import ModelConfig
-from maskmatch.train.schedule import lr_factor
+from maskmatch.version import __version__
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import argparse
 import time
-
 from pathlib import Path
 
-from maskmatch.train.runner import Run, Stage, add_run_options, load_init, manifest_training, run_command
+from maskmatch.engine.options import add_run_options, run_command
+from maskmatch.engine.runner import Run, Stage, load_init, manifest_training
 
 PRESETS = ("tiny", "small", "cpu", "crohme")
+PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"),
+          (("lr",), "learning rate"), (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
 
 
 def stage() -> Stage:
-    from maskmatch.train.callbacks import FINETUNE_PANELS, exprate_record
-    from maskmatch.train.config import FinetuneConfig
-    from maskmatch.train.data import FinetuneData
-    from maskmatch.train.module import FinetuneModule, checkpoint_meta
+    from maskmatch.data.loading import FinetuneData
+    from maskmatch.finetune.config import FinetuneConfig
+    from maskmatch.finetune.module import FinetuneModule, checkpoint_meta
 
     return Stage("finetune", FinetuneConfig, make_data=lambda c: FinetuneData(c.data, c.trainer.seed),
                  make_module=lambda c, data, gpu: FinetuneModule(c, data.vocabulary, channels_last=gpu),
                  checkpoint_meta=checkpoint_meta, monitor="val_exprate", mode="max", validation_record=exprate_record,
-                 panels=FINETUNE_PANELS, finish=finish, initialize=initialize)
+                 panels=PANELS, finish=finish, initialize=initialize)
+
+
+def exprate_record(pl_module) -> dict:
+    """finetune's validation record: ExpRate and the number of images."""
+    return {"val_exprate": round(pl_module.val_exprate, 4), "val_loss": round(pl_module.val_loss, 4),
+            "val_n": pl_module.val_n}
 
 
 def finetune(args: argparse.Namespace) -> int:
@@ -46,7 +53,7 @@ def initialize(module, path: str | None) -> None:
 
 def export(run: Run) -> Path:
     """Writes the best checkpoint's EMA weights as RUN_DIR/model.safetensors (+ .json) with a manifest."""
-    from maskmatch.train.module import checkpoint_meta, ema_model
+    from maskmatch.finetune.module import checkpoint_meta, ema_model
     from maskmatch.weights import save_weights
 
     checkpoint = run.best_checkpoint()

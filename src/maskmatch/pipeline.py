@@ -35,11 +35,11 @@ import yaml
 from maskmatch.attend.commands import stage as attend_stage
 from maskmatch.cli_args import positive_int
 from maskmatch.config import from_dict, override, to_dict
+from maskmatch.engine import options, runner
 from maskmatch.errors import UserError
+from maskmatch.finetune.commands import stage as finetune_stage
 from maskmatch.pretrain.commands import stage as pretrain_stage
-from maskmatch.train import runner
-from maskmatch.train.commands import stage as finetune_stage
-from maskmatch.train.stages import (EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over,
+from maskmatch.stages import (EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over,
                                     write_state)
 
 PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
@@ -49,8 +49,8 @@ STAGE_OF = {"pretrain": pretrain_stage, "attend": attend_stage, "finetune": fine
 
 def stage_classes() -> dict:
     from maskmatch.attend.config import AttendConfig
+    from maskmatch.finetune.config import FinetuneConfig
     from maskmatch.pretrain.config import PretrainConfig
-    from maskmatch.train.config import FinetuneConfig
 
     return {"pretrain": PretrainConfig, "attend": AttendConfig, "finetune": FinetuneConfig}
 
@@ -186,7 +186,7 @@ def _stage_config(run_dir: Path, stage: str, config, resuming: bool, previous: P
     folder = run_dir / stage
     words = ["maskmatch", stage, "--out", str(folder)]
     if resuming:
-        config, words = runner.saved_config(folder, type(config)), words + ["--resume"]
+        config, words = options.saved_config(folder, type(config)), words + ["--resume"]
     else:
         stage_yaml = run_dir / f"{stage}.yaml"
         stage_yaml.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), "utf-8")
@@ -239,7 +239,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += ["--skip-stage1"] if args.skip_stage1 else []
     words += ["--skip-stage2"] if args.skip_stage2 else []
     words += ["--reuse", args.reuse] if args.reuse else []
-    return shlex.join([*shlex.split(runner.command_line(args, "train")), *words])
+    return shlex.join([*shlex.split(options.command_line(args, "train")), *words])
 
 
 def register(commands: argparse._SubParsersAction) -> None:

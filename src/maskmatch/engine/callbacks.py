@@ -12,8 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from maskmatch.engine.schedule import plan_total_steps
 from maskmatch.files import write_atomic
-from maskmatch.train.schedule import plan_total_steps
 
 LOG, CURVES, LAST, BEST = "log.jsonl", "curves.png", "last.ckpt", "best.ckpt"
 
@@ -51,11 +51,7 @@ def read_log(path: Path) -> list[dict]:
     return records
 
 
-FINETUNE_PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"),
-                   (("lr",), "learning rate"), (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
-
-
-def plot_curves(records: list[dict], path: Path, panels=FINETUNE_PANELS) -> None:
+def plot_curves(records: list[dict], path: Path, panels: tuple) -> None:
     """Logged values against the step as a PNG (Agg, no pyplot): one panel per (keys, title) of `panels`.
 
     Training keys ("loss", "lr" and others logged every n steps) are lines; validation keys get markers.
@@ -236,12 +232,6 @@ class RunCheckpoints(L.Callback):
             self._save(trainer, LAST)
 
 
-def exprate_record(pl_module) -> dict:
-    """finetune's validation record: ExpRate and the number of images."""
-    return {"val_exprate": round(pl_module.val_exprate, 4), "val_loss": round(pl_module.val_loss, 4),
-            "val_n": pl_module.val_n}
-
-
 class RunLog(L.Callback):
     """Appends JSON lines to log.jsonl (training every n steps, each validation, events) and redraws curves.png.
 
@@ -251,8 +241,8 @@ class RunLog(L.Callback):
     starts at step 0 is logged as step 0's (it must then cover the whole validation set).
     """
 
-    def __init__(self, run_dir: Path, every_n_steps: int, start: float, validation_record=exprate_record,
-                 panels=FINETUNE_PANELS, log_initial_validation: bool = False):
+    def __init__(self, run_dir: Path, every_n_steps: int, start: float, validation_record,
+                 panels: tuple = (), log_initial_validation: bool = False):
         self.path, self.every_n_steps, self.start = Path(run_dir) / LOG, every_n_steps, start
         self.validation_record, self.panels = validation_record, panels
         self.log_initial_validation = log_initial_validation

@@ -1,11 +1,10 @@
-"""`maskmatch finetune`'s typed config: model, data, optim and trainer sections, YAML holding values only."""
+"""The config sections every training stage shares: data, the AdamW optimizer and schedule, the trainer.
+YAML holds values only; each field's comment says where its default came from."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
-from maskmatch.model.config import ModelConfig
+from dataclasses import dataclass
 
 PRECISIONS = ("32", "bf16-mixed")
 
@@ -41,7 +40,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AdamWConfig:
-    """The optimizer and schedule every stage shares (train/common.py `configure_adamw`); a stage's config
+    """The optimizer and schedule every stage shares (engine/common.py `configure_adamw`); a stage's config
     subclasses it with its own defaults and extras."""
 
     lr: float = 5e-4  # AdamW peak learning rate after warm-up (assumed; common for transformer decoders)
@@ -66,17 +65,6 @@ class AdamWConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig(AdamWConfig):
-    label_smoothing: float = 0.1  # cross-entropy label smoothing (Szegedy et al. 2016; Vaswani et al. 2017)
-    ema_decay: float = 0.999  # weight EMA decay, warmed up as min(decay, (1+t)/(10+t)) (TF ExponentialMovingAverage)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not (0 <= self.label_smoothing < 1 and 0 <= self.ema_decay < 1):
-            raise ValueError("label_smoothing and ema_decay must lie in [0, 1)")
-
-
-@dataclass(frozen=True)
 class TrainerConfig:
     max_epochs: int = 100  # epochs when no time budget shortens the run (assumed; CoMER trains 300 with SGD)
     time_budget: float | None = None  # seconds for the whole command; the run is planned to fit (None: no budget)
@@ -94,12 +82,3 @@ class TrainerConfig:
                              "plan_after_steps >= 4")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget {self.time_budget} must be positive seconds")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)  # the recognizer (DESIGN.md, Model)
-    data: DataConfig = field(default_factory=DataConfig)  # where the data is and how it is batched
-    optim: OptimConfig = field(default_factory=OptimConfig)  # loss, optimizer, schedule and EMA
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # how long, how precise, how often to log and save
-    init: str | None = None  # weights file the model starts from (`maskmatch pretrain`'s encoder.safetensors); None: random

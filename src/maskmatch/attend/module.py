@@ -19,7 +19,6 @@ ones that guided the masking, and a momentum average of the student is the stead
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import nn
 
@@ -34,6 +33,7 @@ from maskmatch.attend.teacher import Teacher, teacher_momentum
 from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.engine import common
+from maskmatch.engine.module import StageModule
 from maskmatch.model.attention import AttentionNetwork
 from maskmatch.model.config import ModelConfig
 from maskmatch.model.encoder import Encoder
@@ -48,7 +48,7 @@ def mask_seed(seed: int, rank: int, step: int) -> int:
     return common.step_seed(seed, rank, step, 1)
 
 
-class AttendModule(L.LightningModule):
+class AttendModule(StageModule):
     """Trains `encoder`, `attention` and `predictor` (the student); `teacher` is their EMA (encoder and attention).
 
     Logs per step: loss, match, prediction, diversity, entropy (unweighted terms), mask_ratio (hidden ink
@@ -57,10 +57,10 @@ class AttendModule(L.LightningModule):
     batch, same map, is their own image's) and val_loss (`val_record()`).
     """
 
+    STAGE, CHECKPOINT_FORMAT = STAGE, CHECKPOINT_FORMAT
+
     def __init__(self, config: AttendConfig, channels_last: bool = False):
-        super().__init__()
-        self.config = config
-        self.channels_last = channels_last
+        super().__init__(config, channels_last)
         self.encoder = Encoder(config.model)
         self.attention = AttentionNetwork(config.model)
         self.predictor = FeaturePredictor(config.model.d_model)
@@ -70,10 +70,7 @@ class AttendModule(L.LightningModule):
         c = config.loss
         self.match_loss, self.prediction_loss = MatchLoss(c.temperature), PredictionLoss()
         self.diversity_loss, self.entropy_loss = DiversityLoss(), EntropyLoss()
-        self.total_steps, self.planned = 1, False
         self.val_match, self.val_loss, self.val_n = float("nan"), float("nan"), 0
-        self.step_lr = 0.0  # learning rate of the latest training step
-        self._extras: dict = {}  # the latest step's terms and schedule values, read when a log line is written
         self._val_sums = [0.0, 0.0, 0.0]  # matches, embeddings seen, loss * images
 
     def student(self) -> nn.ModuleDict:
@@ -83,11 +80,6 @@ class AttendModule(L.LightningModule):
     def handoff(self) -> dict[str, torch.Tensor]:
         """Stage 3's initial tensors: the teacher's encoder.* and attention.* (HMERModel names)."""
         return dict(self.teacher.module.state_dict())
-
-    @property
-    def step_extras(self) -> dict[str, float]:
-        """The latest training step's loss terms and schedule values (read only when logged: no sync every step)."""
-        return {k: round(float(v), 5) for k, v in self._extras.items()}
 
     def val_record(self) -> dict:
         """The latest validation, as log.jsonl records it."""
@@ -120,28 +112,21 @@ class AttendModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def configure_optimizers(self):
-        return common.configure_adamw(self, (p for n, p in self.named_parameters() if not n.startswith("teacher.")))
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        common.seed_dropout(self)  # the masking takes (seed, rank, step, 1): `mask_seed`
-
-    def _images(self, batch: Batch) -> torch.Tensor:
-        return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+    def trainable(self):
+        return (p for n, p in self.named_parameters() if not n.startswith("teacher."))  # the student
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         seed = mask_seed(self.config.trainer.seed, self.global_rank, self.global_step)
-        out = self.losses(self._images(batch), batch.mask, self.progress, seed)
+        out = self.losses(self.as_input(batch.images), batch.mask, self.progress, seed)
         loss = out["loss"]
         common.check_finite(self, loss, batch, batch_idx)
-        self.step_lr = self.optimizers().param_groups[0]["lr"]
         momentum = teacher_momentum(self.progress, *self.config.optim.teacher_momentum)
         for key in ("loss", "match", "prediction", "diversity", "entropy", "mask_ratio"):
             self.log(key, out[key].detach(), prog_bar=key == "loss", batch_size=len(batch))
         for key, value in (("block", out["block"]), ("guided", out["guided"]), ("momentum", momentum)):
             self.log(key, value, batch_size=len(batch))
-        self._extras = {k: out[k].detach() for k in ("match", "prediction", "diversity", "entropy", "mask_ratio")}
-        self._extras.update(block=out["block"], guided=out["guided"], momentum=momentum)
+        extras = {k: out[k].detach() for k in ("match", "prediction", "diversity", "entropy", "mask_ratio")}
+        self.note_step({**extras, "block": out["block"], "guided": out["guided"], "momentum": momentum})
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -158,7 +143,7 @@ class AttendModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Masks at the schedule's end (VALIDATION_PROGRESS), seeded by the batch's index: the same every epoch."""
         seed = mask_seed(self.config.data.val_seed, self.global_rank, batch_idx)
-        out = self.losses(self._images(batch), batch.mask, VALIDATION_PROGRESS, seed)
+        out = self.losses(self.as_input(batch.images), batch.mask, VALIDATION_PROGRESS, seed)
         matches = top1_matches(out["embeddings"], out["teacher_embeddings"])  # (B, K)
         self._val_sums[0] += float(matches.sum())
         self._val_sums[1] += matches.numel()
@@ -176,11 +161,6 @@ class AttendModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints describe themselves
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:

@@ -236,7 +236,7 @@ class RunLog(L.Callback):
     """Appends JSON lines to log.jsonl (training every n steps, each validation, events) and redraws curves.png.
 
     elapsed_s counts the seconds of all sessions of the run (checkpoints keep the earlier sessions' total).
-    A training line holds the module's `step_extras` (a dict) if it has one; a validation line holds
+    A training line holds the module's `step_extras` (engine/module.py); a validation line holds
     `validation_record(pl_module)`. With log_initial_validation, the sanity-check validation of a run that
     starts at step 0 is logged as step 0's (it must then cover the whole validation set).
     """
@@ -277,7 +277,7 @@ class RunLog(L.Callback):
         now = time.monotonic()
         self.write(trainer, {
             "step": step, "epoch": trainer.current_epoch, "loss": float(outputs["loss"]),
-            "lr": pl_module.step_lr, **getattr(pl_module, "step_extras", {}),
+            "lr": pl_module.step_lr, **pl_module.step_extras,
             "images_per_s": round(self._images / max(now - self._since, 1e-9), 2),
             "elapsed_s": round(self.run_seconds(), 2)})
         self._images, self._since = 0, now

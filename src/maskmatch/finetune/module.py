@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +10,7 @@ from maskmatch.data.batching import Batch
 from maskmatch.data.vocab import PAD, Vocabulary
 from maskmatch.engine import common
 from maskmatch.engine.ema import EMA
+from maskmatch.engine.module import StageModule
 from maskmatch.engine.schedule import ema_decay
 from maskmatch.finetune.config import FinetuneConfig
 from maskmatch.metrics import canonical
@@ -30,43 +30,35 @@ def bidirectional_loss(logits: torch.Tensor, targets: torch.Tensor, label_smooth
                            label_smoothing=label_smoothing)
 
 
-class FinetuneModule(L.LightningModule):
+class FinetuneModule(StageModule):
     """Trains `self.model` (an HMERModel) and keeps `self.ema`, the average used for validation and export.
 
     `total_steps` is the schedule's length; the budget planner fixes it (`planned`) and checkpoints keep it.
     """
 
+    STAGE, CHECKPOINT_FORMAT = STAGE, CHECKPOINT_FORMAT
+
     def __init__(self, config: FinetuneConfig, vocabulary: tuple[str, ...], channels_last: bool = False):
-        super().__init__()
-        self.config = config
+        super().__init__(config, channels_last)
         self.vocabulary = Vocabulary(tuple(vocabulary))
-        self.channels_last = channels_last
         self.model = HMERModel(config.model)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model)
-        self.total_steps, self.planned = 1, False
         self.val_exprate, self.val_n, self.val_loss = float("nan"), 0, float("nan")
-        self.step_lr = 0.0  # learning rate of the latest training step
         self._val_counts = [0, 0, 0.0, 0]  # correct, seen, summed token cross-entropy, tokens
 
     # ------------------------------------------------------------------ training
 
-    def configure_optimizers(self):
-        return common.configure_adamw(self, self.model.parameters())
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        common.seed_dropout(self)
-
-    def _images(self, batch: Batch) -> torch.Tensor:
-        return batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+    def trainable(self):
+        return self.model.parameters()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)  # (2B, L+1), (2B, L+1)
-        logits = self.model(self._images(batch), batch.mask, inputs)  # (2B, L+1, V)
+        logits = self.model(self.as_input(batch.images), batch.mask, inputs)  # (2B, L+1, V)
         loss = bidirectional_loss(logits, targets, self.config.optim.label_smoothing)
         common.check_finite(self, loss, batch, batch_idx)
-        self.step_lr = self.optimizers().param_groups[0]["lr"]
+        self.note_step()
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -89,7 +81,7 @@ class FinetuneModule(L.LightningModule):
         no label smoothing): `val_loss`, which separates recipes long before ExpRate does.
         """
         model = self.ema.module
-        features, feature_mask = model.encode(self._images(batch), batch.mask)  # one encoder pass for both
+        features, feature_mask = model.encode(self.as_input(batch.images), batch.mask)  # one encoder pass for both
         inputs, targets = bidirectional_targets(batch.tokens, batch.lengths)
         logits = model.teacher_forced(features, feature_mask, inputs)
         tokens = int((targets != PAD).sum())
@@ -112,12 +104,8 @@ class FinetuneModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints describe themselves
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT,
-                                                  vocabulary=list(self.vocabulary.symbols))
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
+    def checkpoint_extra(self) -> dict:
+        return {"vocabulary": list(self.vocabulary.symbols)}
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:

@@ -16,12 +16,12 @@ is exported at its initial values with the rest of `encoder.*`. The probe reads 
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import nn
 
 from maskmatch.data.batching import Batch
 from maskmatch.engine import common
+from maskmatch.engine.module import StageModule
 from maskmatch.engine.common import step_seed
 from maskmatch.model import HMERModel
 from maskmatch.model.encoder import Encoder
@@ -47,20 +47,20 @@ def pool(features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
     return features.sum((1, 2)) / count
 
 
-class PretrainModule(L.LightningModule):
+class PretrainModule(StageModule):
     """Trains `self.encoder` (an `Encoder`, named as in HMERModel) with the heads; `total_steps` as in finetune."""
 
+    STAGE, CHECKPOINT_FORMAT = STAGE, CHECKPOINT_FORMAT
+    DROPOUT_SALT = (1,)  # salt 1: the views of the step take (seed, rank, step)
+
     def __init__(self, config: PretrainConfig, channels_last: bool = False):
-        super().__init__()
-        self.config, self.channels_last = config, channels_last
+        super().__init__(config, channels_last)
         d, loss = config.model.d_model, config.loss
         self.encoder = Encoder(config.model)
         self.global_head = projector(d, loss.projector_hidden, loss.projector_out)
         self.local_head = projector(d, loss.local_hidden, loss.projector_out)
         self.global_loss = GlobalInfoNCE(loss.global_temperature)
         self.local_loss = LocalInfoNCE(loss.local_temperature, loss.exclude_radius)
-        self.total_steps, self.planned = 1, False
-        self.step_lr, self.step_extras = 0.0, {}  # of the latest training step, for the log
         self.val_loss, self.val_n, self.val_metrics = float("nan"), 0, {}  # of the latest validation
         self._val_sums = torch.zeros(4, dtype=torch.float64)  # loss, global, local (image-weighted), images
         self._probe = ProbeCounts.zeros()
@@ -72,7 +72,7 @@ class PretrainModule(L.LightningModule):
 
     def features(self, views: ViewPair) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's content features of all 2B views -> pooled (2B, d), at the views' points (2B, P, d)."""
-        images = views.images.contiguous(memory_format=torch.channels_last) if self.channels_last else views.images
+        images = self.as_input(views.images)
         valid = (~views.mask)[:, None].to(images.dtype)  # (2B, 1, H, W)
         x, valid = self.encoder.backbone(images, valid)  # (2B, C, h, w), (2B, 1, h, w)
         features = (self.encoder.proj(x) * valid).permute(0, 2, 3, 1)  # (2B, h, w, d), zero on padding
@@ -90,19 +90,12 @@ class PretrainModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def configure_optimizers(self):
-        return common.configure_adamw(self, self.parameters())
-
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        common.seed_dropout(self, 1)  # salt 1: the views of the step take (seed, rank, step)
-
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         views = self.views(batch, step_seed(self.config.trainer.seed, self.global_rank, self.global_step))
         losses = self.losses(views, *self.features(views))
         loss = losses["loss"]
         common.check_finite(self, loss, batch, batch_idx)
-        self.step_lr = self.optimizers().param_groups[0]["lr"]
-        self.step_extras = {k: round(float(losses[k].detach()), 5) for k in ("loss_global", "loss_local")}
+        self.note_step({k: losses[k].detach() for k in ("loss_global", "loss_local")})
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -138,11 +131,6 @@ class PretrainModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints describe themselves
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maskmatch"] = common.describe(self, STAGE, CHECKPOINT_FORMAT)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        common.restore(self, checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
 def checkpoint_meta(checkpoint: dict) -> dict:

@@ -172,7 +172,7 @@ def test_stage_2_validates_at_its_training_scale(images):
     """Its BatchNorm statistics come from images at data.scale_range: validation reads them at its geometric mean
     (0.5 here), recognition (labels) at scale 1."""
     from maskmatch.data.loading import FinetuneData
-    from maskmatch.engine.config import DataConfig
+    from maskmatch.data.loading import DataConfig
 
     config = DataConfig(root=str(images), val_size=8, pixel_budget=200_000, max_batch_size=8, workers=0,
                         scale_range=(0.25, 1.0))

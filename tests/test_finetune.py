@@ -16,10 +16,10 @@ from conftest import glyph, kill_after_checkpoint
 from maskmatch.cli import main
 from maskmatch.data.cache import Cache, CacheWriter
 from maskmatch.data.loading import FinetuneData, ScaledDataset
+from maskmatch.data.loading import DataConfig
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
 from maskmatch.engine.callbacks import AtomicCheckpointIO, read_log
-from maskmatch.engine.config import DataConfig
 from maskmatch.engine.ema import EMA
 from maskmatch.engine.schedule import ema_decay, lr_factor, plan_total_steps
 from maskmatch.errors import UserError

@@ -1,7 +1,8 @@
 """The house's layers, from its imports (every `import`, module-level or inside a function, read by ast):
-no import cycle among the package's modules, and data/ and model/ import nothing above them.
+no import cycle among the package's modules, data/ and model/ import nothing above them, the engine no stage,
+and the three stages not one another.
 
-    version, errors, files  <-  data  <-  model  <-  engine (train/), stages (pretrain/, attend/, train/)
+    version, errors, files  <-  data  <-  model  <-  engine/  <-  stages (pretrain/, attend/, finetune/)
     <-  pipeline and commands;  recognizer  <-  serve, cli
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "maskmatch"
 BASE = ("maskmatch.version", "maskmatch.errors", "maskmatch.files")  # what every layer may use
 LOW = ("maskmatch.data", "maskmatch.model")
+STAGES = ("maskmatch.pretrain", "maskmatch.attend", "maskmatch.finetune")
+ABOVE_ENGINE = STAGES + ("maskmatch.pipeline", "maskmatch.stages", "maskmatch.serve", "maskmatch.cli")
 
 
 def modules() -> dict[str, Path]:
@@ -86,6 +89,16 @@ def test_data_and_model_import_nothing_above_them():
     wrong = {m: sorted(t for t in targets if not t.startswith(LOW + BASE))
              for m, targets in imports().items() if m.startswith(LOW) and not m.endswith(".commands")}
     assert {m: t for m, t in wrong.items() if t} == {}
+
+
+def test_the_engine_knows_no_stage_and_the_stages_not_one_another():
+    found = imports()
+    engine = {m: sorted(t for t in targets if t.startswith(ABOVE_ENGINE) and t != "maskmatch.cli_args")
+              for m, targets in found.items() if m.startswith("maskmatch.engine")}
+    assert {m: t for m, t in engine.items() if t} == {}
+    crossing = {m: sorted(t for t in targets if t.startswith(STAGES) and not t.startswith(stage))
+                for stage in STAGES for m, targets in found.items() if m.startswith(stage)}
+    assert {m: t for m, t in crossing.items() if t} == {}
 
 
 def test_the_walker_sees_cycles():

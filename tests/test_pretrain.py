@@ -15,9 +15,9 @@ from conftest import build_train_split, kill_after_checkpoint, without_labels
 from maskmatch.cli import main
 from maskmatch.config import from_dict
 from maskmatch.data.loading import FinetuneData
+from maskmatch.data.loading import DataConfig
 from maskmatch.data.render import RenderConfig
 from maskmatch.engine.callbacks import read_log
-from maskmatch.engine.config import DataConfig
 from maskmatch.model import HMERModel, ModelConfig
 from maskmatch.pretrain.config import PretrainConfig
 from maskmatch.pretrain.views import largest_view

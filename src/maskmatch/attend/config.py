@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from maskmatch.attend.schedule import MaskSchedule
-from maskmatch.engine.config import AdamWConfig, DataConfig, TrainerConfig
+from maskmatch.data.loading import DataConfig
+from maskmatch.engine.config import AdamWConfig, TrainerConfig
 from maskmatch.model.config import ModelConfig
 
 

@@ -1,5 +1,6 @@
-"""The config sections every training stage shares: data, the AdamW optimizer and schedule, the trainer.
-YAML holds values only; each field's comment says where its default came from."""
+"""The config sections every training stage shares: the AdamW optimizer and schedule, and the trainer (the data
+section is data/loading.py's DataConfig). YAML holds values only; each field's comment says where its default
+came from."""
 
 from __future__ import annotations
 
@@ -7,35 +8,6 @@ import math
 from dataclasses import dataclass
 
 PRECISIONS = ("32", "bf16-mixed")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    root: str = "data/crohme"  # a `maskmatch data build --out` folder (the README's example path)
-    train_split: str = "train"  # split trained on: the CROHME 2014 training set (DESIGN.md, Data)
-    val_size: int = 500  # train images held out for validation and model selection (~6% of 8,834; assumed)
-    val_seed: int = 0  # which images form the held-out slice; fixed, so that runs compare
-    pixel_budget: int = 1_000_000  # padded pixels B x H x W per batch at the largest scale (assumed; CROHME: 9.3 images)
-    max_batch_size: int = 16  # images per batch at most (CoMER uses 8 under a smaller budget; assumed)
-    workers: int = 4  # data-loader processes per rank; 0 loads in the training process (assumed)
-    scale_range: tuple[float, float] = (0.7, 1.3)  # rescale drawn per image and epoch (assumed; symbols ~28-52 px)
-    label_fraction: float = 1.0  # share of the labelled training images (after the held-out slice) trained on; 1: all
-    label_seed: int = 0  # which images form that share: fixed, so the subset never changes (resume included)
-    variants: int = 0  # an epoch shows each training expression as one of its plain render and this many of the
-    # cache's pre-rendered variants (`data build --variants K`; data/variants.py), drawn per epoch; 0: plain only
-    subexpressions: bool = False  # also train on the sub-expressions of the training expressions (`data build
-    # --subexpressions`; data/subexpr.py), never on those of a held-out or unlabelled one
-
-    def __post_init__(self):
-        if not 0 < self.label_fraction <= 1:
-            raise ValueError(f"label_fraction {self.label_fraction} must lie in (0, 1]")
-        low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ValueError(f"scale_range {self.scale_range} must satisfy 0 < low <= high")
-        if self.val_size < 1 or self.pixel_budget < 1 or self.max_batch_size < 1 or self.workers < 0:
-            raise ValueError("val_size, pixel_budget and max_batch_size must be positive, workers >= 0")
-        if self.variants < 0:
-            raise ValueError(f"variants {self.variants} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from maskmatch.engine.config import AdamWConfig, DataConfig, TrainerConfig
+from maskmatch.data.loading import DataConfig
+from maskmatch.engine.config import AdamWConfig, TrainerConfig
 from maskmatch.model.config import ModelConfig
 
 

@@ -9,6 +9,7 @@ import yaml
 from conftest import build_train_split
 
 from maskmatch.cli import main
+from maskmatch.errors import UserError
 from maskmatch.pipeline import stage_configs
 from maskmatch.recognizer import Recognizer
 from maskmatch.stages import BudgetSplit, stage_seconds
@@ -135,3 +136,18 @@ def test_train_cpu_is_the_cpu_stage_presets_together():
             {k: v for k, v in together["model"].items() if k not in ("fusion", "attention_maps")}, preset
     _, configs = stage_configs(together, [])
     assert configs["finetune"].model.fusion == "gate" and configs["finetune"].model.encoder == "resnet"
+
+
+def test_stage_presets_share_their_familys_model():
+    """Each preset names its family's model (presets/models/) and changes only what its stage needs; a name that
+    is not a shared model is a one-line error."""
+    from maskmatch.engine.options import with_shared_model
+
+    presets = PRESET.parent
+    for family in ("tiny", "small", "cpu", "crohme"):
+        shared = yaml.safe_load((presets / "models" / f"{family}.yaml").read_text("utf-8"))
+        for name in (family, f"pretrain-{family}", f"attend-{family}", f"train-{family}"):
+            model = with_shared_model(yaml.safe_load((presets / f"{name}.yaml").read_text("utf-8")), name)["model"]
+            assert {k: v for k, v in model.items() if k not in ("fusion", "attention_maps")} == shared, name
+    with pytest.raises(UserError, match="'nosuch' is not a shared model"):
+        with_shared_model({"model": {"preset": "nosuch"}}, "x.yaml")

@@ -59,7 +59,7 @@ def stage_configs(values: dict, overrides: list[str]) -> tuple[BudgetSplit, dict
     """(budget split, {stage: typed config}) from the train YAML's values and --set assignments.
 
     `--set model.KEY=V` changes every stage's model; `--set STAGE.KEY=V` one stage; `--set budget_split.S=V`."""
-    values = dict(values)
+    values = options.with_shared_model(dict(values), "the train config")
     unknown = sorted(set(values) - {"model", "budget_split", *STAGES})
     if unknown:
         raise ValueError(f"unknown section {unknown[0]!r} (sections: model, budget_split, {', '.join(STAGES)})")

@@ -38,6 +38,7 @@ def recipe_config(spec: str):
     import yaml
 
     from maskmatch.config import from_dict, override
+    from maskmatch.engine.options import with_shared_model
     from maskmatch.pipeline import stage_classes
 
     preset, _, sets = spec.partition(":")
@@ -45,7 +46,7 @@ def recipe_config(spec: str):
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
     except FileNotFoundError:
         raise UserError(f"recipe {spec!r}: no preset {preset!r}") from None
-    config = from_dict(stage_classes()[recipe_stage(spec)], yaml.safe_load(text))
+    config = from_dict(stage_classes()[recipe_stage(spec)], with_shared_model(yaml.safe_load(text), preset))
     return override(config, [s for s in sets.split(",") if s])
 
 

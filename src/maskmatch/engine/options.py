@@ -101,7 +101,25 @@ def _parse(text: str, config_class, where) -> Any:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return from_dict(config_class, values)
+    return from_dict(config_class, with_shared_model(values, where))
+
+
+def with_shared_model(values: dict, where) -> dict:
+    """A config's values with `model: {preset: NAME, KEY: VALUE...}` expanded: the model of presets/models/NAME.yaml
+    (one per family, shared by its stages' presets), then the keys given beside `preset`."""
+    import yaml
+
+    model = values.get("model") if isinstance(values, dict) else None
+    if not isinstance(model, dict) or "preset" not in model:
+        return values
+    rest = {k: v for k, v in model.items() if k != "preset"}
+    name = str(model["preset"])
+    models = resources.files("maskmatch").joinpath("presets", "models")
+    shared = models.joinpath(f"{name}.yaml")
+    if not shared.is_file():
+        names = sorted(f.name.removesuffix(".yaml") for f in models.iterdir() if f.name.endswith(".yaml"))
+        raise UserError(f"{where}: model.preset {name!r} is not a shared model ({', '.join(names)})")
+    return {**values, "model": {**yaml.safe_load(shared.read_text("utf-8")), **rest}}
 
 
 def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:

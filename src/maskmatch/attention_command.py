@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
@@ -20,23 +19,18 @@ TITLE_HEIGHT = 18  # pixels of the strip that names each sheet
 
 def load_model(path: str | None):
     """(Recognizer, whole model?) for a whole model (default: the shipped one) or a stage-2 hand-off file."""
-    from maskmatch.model import HMERModel
     from maskmatch.recognizer import Recognizer
-    from maskmatch.weights import PARTIAL, init_from_weights, manifest_vocabulary, model_config, read_manifest, render_config
+    from maskmatch.weights import PARTIAL
 
     try:
-        manifest = read_manifest(path) if path is not None else {}
-        if PARTIAL not in manifest:
-            return Recognizer.load(path), True
-        if "attention" not in manifest[PARTIAL]:
-            raise UserError(f"{path}: holds only the {' and '.join(manifest[PARTIAL])}; attention maps need a "
-                            "stage-2 file (attend.safetensors) or a fine-tuned model")
-        config = model_config(manifest)
-        model = HMERModel(replace(config, fusion="gate") if config.fusion == "none" else config)
-        init_from_weights(model, path)
-        return Recognizer(model, manifest_vocabulary(manifest), render_config(manifest), manifest), False
+        rec = Recognizer.load(path, handoff=True)
     except ValueError as e:
         raise UserError(str(e)) from None
+    held = rec.manifest.get(PARTIAL)
+    if held and "attention" not in held:
+        raise UserError(f"{path}: holds only the {' and '.join(held)}; attention maps need a stage-2 file "
+                        "(attend.safetensors) or a fine-tuned model")
+    return rec, not held
 
 
 def titled(sheet, title: str):

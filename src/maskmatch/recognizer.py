@@ -85,13 +85,16 @@ class Recognizer:
 
     @classmethod
     def load(cls, path: str | Path | list | None = None, device: str | torch.device | None = None,
-             constrained: bool = True, runtime: str | None = None) -> "Recognizer":
+             constrained: bool = True, runtime: str | None = None, threads: int | None = None,
+             handoff: bool = False) -> "Recognizer":
         """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package; a list of
         several: their ensemble (model/ensemble.py: log-probs averaged, one vocabulary and render scale).
         device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's).
         constrained=False decodes without the LaTeX grammar (for measuring what it changes).
-        runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps);
-        None: onnx for such a folder, torch otherwise."""
+        runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps;
+        `threads`: its intra-op threads, None: onnxruntime's choice); None: onnx for such a folder, torch otherwise.
+        handoff=True also loads a stage hand-off file, its other modules as initialized (`weights.load_weights`):
+        for drawing a stage-2 model's attention maps, not for reading."""
         if isinstance(path, (list, tuple)):
             if len(path) > 1:
                 return cls._ensemble(list(path), device, constrained, runtime)
@@ -103,7 +106,7 @@ class Recognizer:
             if not is_export(path):
                 raise ValueError("the onnx runtime reads an export folder: maskmatch export --onnx --out DIR, "
                                  "then --model DIR")
-            model, manifest = load_onnx(path)
+            model, manifest = load_onnx(path, threads)
             return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest,
                        "cpu" if device is None else device, constrained)
         if is_export(path):
@@ -114,7 +117,7 @@ class Recognizer:
             if not shipped.is_file():
                 raise ValueError("no shipped weights in this version; pass a model path (--model)")
             path = Path(str(shipped))
-        model, manifest = load_weights(path, device)
+        model, manifest = load_weights(path, device, handoff)
         return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device, constrained)
 
     @classmethod

@@ -13,6 +13,7 @@ into a model non-strictly and asserts that exactly the other modules' keys are m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict
@@ -131,13 +132,25 @@ def _manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
 
 
-def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[HMERModel, dict]:
-    """(model in eval mode on `device`, manifest); never unpickles. ValueError names what is wrong."""
+def load_weights(path: str | Path, device: str | torch.device = "cpu",
+                 handoff: bool = False) -> tuple[HMERModel, dict]:
+    """(model in eval mode on `device`, manifest); never unpickles. ValueError names what is wrong.
+
+    A stage hand-off file (stage 1's encoder, stage 2's encoder and attention network) is refused unless
+    `handoff`: then it is loaded into a whole model whose other modules keep their initial weights, with gate
+    fusion when the file holds an attention network (what `maskmatch attention` draws from)."""
     path = Path(path)
     manifest = read_manifest(path)
     if PARTIAL in manifest:
-        raise ValueError(f"{path}: holds only the {' and '.join(manifest[PARTIAL])} of a model (a stage hand-off "
-                         "file); start `maskmatch finetune --init` from it")
+        if not handoff:
+            raise ValueError(f"{path}: holds only the {' and '.join(manifest[PARTIAL])} of a model (a stage "
+                             "hand-off file); start `maskmatch finetune --init` from it")
+        config = model_config(manifest)
+        if "attention" in manifest[PARTIAL] and config.fusion == "none":
+            config = dataclasses.replace(config, fusion="gate")
+        model = HMERModel(config)
+        init_from_weights(model, path)
+        return model.to(device).eval(), manifest
     tensors = _read_tensors(path, manifest)
     model = HMERModel(model_config(manifest))
     missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()

@@ -89,33 +89,25 @@ def folder_images(folder: Path, n: int, render) -> tuple[list, float]:
 
 
 def load_model(path: str | None, preset: str, seed: int, threads: int | None = None):
-    """(model in eval mode, render config, description): the weights at `path`, an onnx export folder (run by
-    onnxruntime with `threads`), or a random model."""
+    """(model in eval mode, render config, description): the weights at `path` or an onnx export folder (run by
+    onnxruntime with `threads`), loaded as `Recognizer.load` loads them, or a random model."""
     import torch
 
     from maskmatch.data.render import RenderConfig
     from maskmatch.model import HMERModel, ModelConfig
-    from maskmatch.onnx_model import is_export, load_onnx
+    from maskmatch.onnx_model import OnnxModel
+    from maskmatch.recognizer import Recognizer
 
-    if is_export(path):
-        import onnxruntime
-
-        from maskmatch.weights import render_config
-
-        try:
-            model, manifest = load_onnx(path, threads)
-            return model, render_config(manifest), f"{path} (onnxruntime {onnxruntime.__version__})"
-        except ValueError as e:
-            raise UserError(str(e)) from None
     if path is None:
         torch.manual_seed(seed)
         config = ModelConfig.tiny() if preset == "tiny" else ModelConfig()
         return HMERModel(config).eval(), RenderConfig(), f"random initialization (seed {seed}), {preset} config"
-    from maskmatch.weights import load_weights, render_config
-
     try:
-        model, manifest = load_weights(path)
-        render = render_config(manifest)
+        rec = Recognizer.load(path, "cpu", threads=threads)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return model.eval(), render, str(path)
+    if isinstance(rec.model, OnnxModel):
+        import onnxruntime
+
+        return rec.model, rec.render, f"{path} (onnxruntime {onnxruntime.__version__})"
+    return rec.model, rec.render, str(path)

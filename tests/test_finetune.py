@@ -19,7 +19,8 @@ from maskmatch.data.loading import FinetuneData, ScaledDataset
 from maskmatch.data.loading import DataConfig
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
-from maskmatch.engine.callbacks import AtomicCheckpointIO, read_log
+from maskmatch.engine.callbacks import read_log
+from maskmatch.engine.checkpoints import AtomicCheckpointIO
 from maskmatch.engine.ema import EMA
 from maskmatch.engine.schedule import ema_decay, lr_factor, plan_total_steps
 from maskmatch.errors import UserError
@@ -65,7 +66,7 @@ def losses(run: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def reference_run(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "reference"
-    assert main(finetune_args(data_root, out)) == 0
+    assert main(finetune_args(data_root, out, "--set", "trainer.keep_checkpoints=2")) == 0
     return out
 
 
@@ -200,6 +201,8 @@ def test_tiny_preset_trains_end_to_end(reference_run):
     assert np.mean([r["loss"] for r in steps[-5:]]) < np.mean([r["loss"] for r in steps[:5]]) - 1.0
     validations = [r for r in records if "val_exprate" in r and "event" not in r]
     assert [r["step"] for r in validations] == [10, 20, 30, 40] and all(r["val_n"] == 8 for r in validations)
+    # keep_checkpoints 2: the last two validations' checkpoints, for maskmatch average
+    assert sorted(p.name for p in (reference_run / "kept").iterdir()) == ["step-0000030.ckpt", "step-0000040.ckpt"]
 
     checkpoint = torch.load(reference_run / "last.ckpt", map_location="cpu", weights_only=True)
     meta = checkpoint["maskmatch"]  # checkpoints describe themselves

@@ -44,11 +44,14 @@ class TrainerConfig:
     seed: int = 0  # seeds initialization, batch order, augmentation and dropout
     log_every_n_steps: int = 50  # steps between lines of log.jsonl and the progress bar's loss
     checkpoint_every_n_steps: int = 500  # steps between mid-epoch last.ckpt writes, so a killed run loses little
+    keep_checkpoints: int = 0  # also keep the last N validations' checkpoints (RUN_DIR/kept/), for maskmatch average
     plan_after_steps: int = 50  # with a time budget: steps timed (after 3 warm-up steps) before the plan is fixed
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints {self.keep_checkpoints} must be >= 0")
         if min(self.max_epochs, self.log_every_n_steps, self.checkpoint_every_n_steps) < 1 or self.plan_after_steps < 4:
             raise ValueError("max_epochs, log_every_n_steps, checkpoint_every_n_steps must be >= 1; "
                              "plan_after_steps >= 4")

@@ -16,7 +16,7 @@ from maskmatch.engine.runner import Hardware, Stage, train
 from maskmatch.errors import UserError
 
 RESUME_MAY_CHANGE = frozenset({"data.root", "data.workers", "trainer.time_budget", "trainer.log_every_n_steps",
-                               "trainer.checkpoint_every_n_steps"})  # what --set may change on --resume: not what is learned
+                               "trainer.checkpoint_every_n_steps", "trainer.keep_checkpoints"})  # not what is learned
 
 
 def run_command(args: argparse.Namespace, stage: Stage, start: float | None = None) -> int:

@@ -137,8 +137,8 @@ def run_stage(stage: Stage, config, run_dir: Path, *, command: str, resume: bool
     import yaml
 
     from maskmatch.config import to_dict
-    from maskmatch.engine.callbacks import (LAST, AtomicCheckpointIO, BudgetPlanner, RunCheckpoints, RunLog,
-                                           remove_stale_temporaries)
+    from maskmatch.engine.callbacks import BudgetPlanner, RunLog
+    from maskmatch.engine.checkpoints import LAST, AtomicCheckpointIO, RunCheckpoints, remove_stale_temporaries
     from maskmatch.engine.common import NonFiniteLoss
     from maskmatch.files import write_atomic
 
@@ -163,7 +163,8 @@ def run_stage(stage: Stage, config, run_dir: Path, *, command: str, resume: bool
 
     log = RunLog(run_dir, t.log_every_n_steps, start, validation_record=stage.validation_record, panels=stage.panels,
                  log_initial_validation=stage.validate_first)
-    checkpoints = RunCheckpoints(run_dir, t.checkpoint_every_n_steps, log, monitor=stage.monitor, mode=stage.mode)
+    checkpoints = RunCheckpoints(run_dir, t.checkpoint_every_n_steps, log, monitor=stage.monitor, mode=stage.mode,
+                                 keep=t.keep_checkpoints)
     planner = BudgetPlanner(t.max_epochs, t.time_budget, t.plan_after_steps, start, checkpoints, log)
     many = hardware.devices * hardware.nodes > 1
     trainer = L.Trainer(

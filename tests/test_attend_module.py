@@ -19,6 +19,7 @@ from maskmatch.attend.schedule import MaskSchedule
 from maskmatch.config import from_dict
 from maskmatch.data.batching import collate
 from maskmatch.engine.config import TrainerConfig
+from maskmatch.engine.options import with_shared_model
 from maskmatch.model import HMERModel, ModelConfig
 
 
@@ -103,10 +104,11 @@ def test_progressive_run_validates_and_hands_off_stage_three_names():
 @pytest.mark.parametrize("name", ["attend-tiny", "attend-small", "attend-crohme"])
 def test_presets_load(name):
     text = resources.files("maskmatch").joinpath("presets", f"{name}.yaml").read_text("utf-8")
-    config = from_dict(AttendConfig, yaml.safe_load(text))
+    config = from_dict(AttendConfig, with_shared_model(yaml.safe_load(text), name))
     assert config.masking.at(0.0).ratio == pytest.approx(0.1) and config.masking.at(1.0).ratio == pytest.approx(0.6)
     if name == "attend-small":
         small = yaml.safe_load(resources.files("maskmatch").joinpath("presets", "small.yaml").read_text("utf-8"))
+        small = with_shared_model(small, "small")
         encoder_fields = ("growth_rate", "block_layers", "d_model")
         assert [getattr(config.model, f) for f in encoder_fields] == [small["model"][f] for f in encoder_fields]
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maskmatch.history import cpu_hours
+from maskmatch.inference_commands import evaluate_split
+from maskmatch.stages import read_state
+from maskmatch.validation import held_out_exprate
+
 
 def run_name(arm: str, labels: float, seed: int) -> str:
     return f"{arm}-labels{round(100 * labels):03d}-seed{seed}"
@@ -19,11 +24,7 @@ def parse_name(name: str) -> tuple[str, float, int]:
 def measure(folder: Path, data: Path, tests: list[str]) -> dict:
     """One finished arm: its stages' minutes and CPU-hours, held-out and test ExpRate (greedy, with the grammar)."""
     from maskmatch.engine.callbacks import read_log
-    from maskmatch.history import cpu_hours
-    from maskmatch.inference_commands import evaluate_split
     from maskmatch.recognizer import Recognizer
-    from maskmatch.stages import read_state
-    from maskmatch.validation import held_out_exprate
 
     rec = Recognizer.load(folder / "model.safetensors", "cpu")
     stages = rec.manifest["training"]["stages"]

@@ -1,7 +1,10 @@
 """The `maskmatch` command. Users' mistakes end as one line on stderr and exit code 2, never a traceback.
 
-Each command lives in its own module with a `register(commands)` function; heavy imports happen
-inside the command, so `maskmatch --help` stays fast.
+Each command lives in its own module with a `register(commands)` function. A command module imports at its
+top all but torch, Lightning, numpy, PIL, tqdm, matplotlib, FastAPI, onnxruntime and the package's modules
+that load them: those it imports inside the command, because `maskmatch --help` loads every command module.
+Measured beside two training runs: --help takes 0.3 s so, 0.8 s with numpy and PIL at the top, 3.8 s with
+torch there too.
 """
 
 from __future__ import annotations

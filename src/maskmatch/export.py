@@ -12,19 +12,21 @@ beam outputs are identical; it goes into the export's manifest.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+import warnings
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
+from maskmatch.data.vocab import SOS
 from maskmatch.errors import UserError
+from maskmatch.inference_commands import _prenormalized
 
 OPSET = 18
 
 
 def export_onnx(model, manifest: dict, out: Path) -> None:
     """Writes out/encoder.onnx, decoder.onnx, decoder_step.onnx and model.json (the manifest)."""
-    import warnings
-
     import torch
 
     from maskmatch.onnx_model import DECODER, ENCODER, STEP, DecoderGraph, EncoderGraph, StepGraph
@@ -73,7 +75,6 @@ def check_export(model, folder: Path, images: list, beam: int) -> dict:
     import torch
 
     from maskmatch.data.batching import collate
-    from maskmatch.data.vocab import SOS
     from maskmatch.onnx_model import EncoderGraph, load_onnx
 
     onnx, _ = load_onnx(folder)
@@ -105,8 +106,6 @@ def check_export(model, folder: Path, images: list, beam: int) -> dict:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from maskmatch.recognizer import Recognizer
@@ -140,7 +139,6 @@ def _check_images(folder: Path, count: int, rec) -> list:
     """The first `count` images of a built split (sorted by name), normalized as the model expects (as evaluate's)."""
     from maskmatch.data.images import load_image
     from maskmatch.data.bitmap import normalize_bitmap
-    from maskmatch.inference_commands import _prenormalized
 
     files = sorted((folder / "img").glob("*.png"))[:count]
     if not files:

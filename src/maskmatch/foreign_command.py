@@ -16,7 +16,9 @@ import tempfile
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
+from maskmatch.data.source import list_splits, open_source
 from maskmatch.errors import UserError
+from maskmatch.inference_commands import _decoding, evaluate_split
 
 BAR = 0.8  # issue 12: each foreign style at least 80% of the ExpRate on our own renders
 
@@ -25,7 +27,6 @@ def write_styles(source: str, split_name: str, captions: dict[str, str], out: Pa
     """OUT/STYLE/ as offline splits (caption.txt, img/) of the expressions in `captions` (the built split's)."""
     from maskmatch.data.foreign import render_foreign
     from maskmatch.data.inkml import InkmlError, read_inkml
-    from maskmatch.data.source import list_splits, open_source
 
     with open_source(source) as root:
         found = {s.name: s for s in list_splits(root)}
@@ -79,7 +80,6 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str) -> str:
 
 def _foreign(args: argparse.Namespace) -> int:
     from maskmatch.data.foreign import STYLES
-    from maskmatch.inference_commands import _decoding, evaluate_split
     from maskmatch.recognizer import Recognizer
 
     split_dir = Path(args.data) / args.split

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from latex2mathml.converter import convert
+
 FORMATS = ("tokens", "latex", "mathml")
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 
@@ -27,8 +29,6 @@ def compact_latex(tokens: list[str]) -> str:
 
 def mathml(tokens: list[str]) -> str:
     """Canonical tokens -> a MathML <math> element (display block)."""
-    from latex2mathml.converter import convert
-
     return convert(compact_latex(tokens), display="block")
 
 

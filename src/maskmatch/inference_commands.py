@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 from maskmatch.cli_args import positive_int
+from maskmatch.data.source import offline_split
 from maskmatch.errors import UserError
-from maskmatch.formats import FORMATS
+from maskmatch.formats import FORMATS, formatted
+from maskmatch.memory import limit_heap_growth
+from maskmatch.metrics import canonical, edit_distance, expression_scores, parses
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
 PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
@@ -24,7 +27,6 @@ MAX_STDIN = 64 * 2**20  # bytes read from standard input at most
 
 
 def _recognizer(args: argparse.Namespace):
-    from maskmatch.memory import limit_heap_growth
     from maskmatch.recognizer import Recognizer
 
     limit_heap_growth()  # many batches in one process: see memory.py
@@ -80,8 +82,6 @@ def _stdin_bytes() -> bytes:
 def _recognize(args: argparse.Namespace) -> int:
     """Inputs in windows of WINDOW batches: each window is preprocessed, decoded in batches of like-sized images
     (little padding: less time and memory than batches in name order), and printed in the order given."""
-    from maskmatch.formats import formatted
-
     rec, beam = _recognizer(args), _beam(args)
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
@@ -170,8 +170,6 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
     reported on stderr and count as wrong (empty prediction)."""
     from maskmatch.data.images import load_image
     from maskmatch.data.bitmap import normalize_bitmap
-    from maskmatch.data.source import offline_split
-    from maskmatch.metrics import canonical, edit_distance, expression_scores, parses
 
     start = time.perf_counter()
     if not (folder / "caption.txt").is_file():

@@ -11,10 +11,12 @@ OUT/recipes.png (or OUT/NAME.md and .png: `--name augmentation` for issue 12's t
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 from pathlib import Path
 
+from maskmatch.config import load_yaml
 from maskmatch.errors import UserError
 
 SMOOTHING = 8  # log lines averaged in the figure
@@ -23,9 +25,6 @@ NAME, TITLE = "recipes", "Recipes at equal time"
 
 def run_row(run_dir: Path) -> dict:
     """One run's recipe and outcome from config.yaml, log.jsonl and its data's cache/meta.json."""
-    import json
-
-    from maskmatch.config import load_yaml
     from maskmatch.engine.callbacks import read_log
     from maskmatch.finetune.config import FinetuneConfig
     from maskmatch.model import HMERModel
@@ -57,8 +56,6 @@ def run_row(run_dir: Path) -> dict:
 
 def training_data(config) -> str:
     """What an epoch shows: the plain renders, or one of K pre-rendered variants (data/variants.py) per expression."""
-    import json
-
     from maskmatch.data.variants import FOLDER
 
     if not config.data.variants:

@@ -19,11 +19,14 @@ import json
 import shlex
 import shutil
 import statistics
+from importlib import resources
 from pathlib import Path
 
+from maskmatch import history
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 from maskmatch.history import cpu_hours
+from maskmatch.inference_commands import evaluate_split, format_table
 
 SPLITS = ("2014", "2016", "2019")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"  # where --readme writes
@@ -114,8 +117,6 @@ def update_readme(path: Path, table: str) -> None:
 def ship(model: Path, scores: dict, command: str, target: Path | None = None) -> Path:
     """Copies the weights to `target` (default: the package's shipped weights) and writes their manifest
     there with the test scores and this command added. The manifest's sha256 covers the tensors only."""
-    from importlib import resources
-
     from maskmatch.recognizer import SHIPPED
     from maskmatch.weights import read_manifest, write_manifest
 
@@ -131,8 +132,6 @@ def ship(model: Path, scores: dict, command: str, target: Path | None = None) ->
 
 
 def _results(args: argparse.Namespace) -> int:
-    from maskmatch import history
-    from maskmatch.inference_commands import evaluate_split, format_table
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import read_manifest
 

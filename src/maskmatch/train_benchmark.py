@@ -18,13 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import time
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
+
+from maskmatch.attend.commands import stage as attend_stage
+from maskmatch.benchmark.measure import matmul_rate
 from maskmatch.cli_args import positive_int
+from maskmatch.config import from_dict, override
+from maskmatch.engine.options import with_shared_model
+from maskmatch.engine.schedule import ema_decay
 from maskmatch.errors import UserError
+from maskmatch.pipeline import stage_classes
+from maskmatch.pretrain.commands import stage as pretrain_stage
 
 
 def recipe_stage(spec: str) -> str:
@@ -35,12 +45,6 @@ def recipe_stage(spec: str) -> str:
 
 def recipe_config(spec: str):
     """'cpu', 'pretrain-cpu' or 'small:data.root=data/crohme,data.workers=0' -> that stage's config."""
-    import yaml
-
-    from maskmatch.config import from_dict, override
-    from maskmatch.engine.options import with_shared_model
-    from maskmatch.pipeline import stage_classes
-
     preset, _, sets = spec.partition(":")
     try:
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
@@ -56,9 +60,6 @@ def measure_stage(name: str, config, batches: int, seed: int) -> dict:
     import lightning as L
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from maskmatch.attend.commands import stage as attend_stage
-    from maskmatch.pretrain.commands import stage as pretrain_stage
 
     stage = {"pretrain": pretrain_stage, "attend": attend_stage}[name]()
 
@@ -106,7 +107,6 @@ def measure(config, batches: int, seed: int) -> dict:
     from maskmatch.data.loading import FinetuneData
     from maskmatch.engine import common
     from maskmatch.engine.ema import EMA
-    from maskmatch.engine.schedule import ema_decay
     from maskmatch.finetune.module import bidirectional_loss
     from maskmatch.model import HMERModel, bidirectional_targets
 
@@ -172,11 +172,7 @@ def format_table(rows: list[dict], matmul: float, threads: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import statistics
-
     import torch
-
-    from maskmatch.benchmark.measure import matmul_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
+from maskmatch.inference_commands import decode_batched
+from maskmatch.metrics import canonical
 
 
 def average_state(states: list[dict]) -> dict:
@@ -38,7 +40,6 @@ def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
     root/train (the manifest's data.val_size and val_seed); UserError if the data is not the model's."""
     from maskmatch.data.loading import held_out_split, open_split
     from maskmatch.data.render import RenderConfig
-    from maskmatch.metrics import canonical
 
     data = ((rec.manifest.get("training") or {}).get("config") or {}).get("data") or {}
     cache = open_split(root, data.get("train_split", "train"))
@@ -53,9 +54,6 @@ def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
 
 def held_out_exprate(rec, data: Path) -> tuple[float, int]:
     """Greedy ExpRate (%) of a Recognizer on its model's held-out slice of data/train, and the slice's size."""
-    from maskmatch.inference_commands import decode_batched
-    from maskmatch.metrics import canonical
-
     images, references = held_out_slice(rec, data)
     right = sum(canonical(r.latex) == ref for r, ref in zip(decode_batched(rec, images, 1, 16), references))
     return 100.0 * right / max(len(images), 1), len(images)
@@ -65,8 +63,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from maskmatch.calibration import METHOD, fit_logistic, reliability
-    from maskmatch.inference_commands import decode_batched
-    from maskmatch.metrics import canonical
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import manifest_path, read_manifest, write_manifest
 

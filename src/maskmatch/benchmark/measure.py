@@ -4,18 +4,20 @@ and the rescoring timed, FLOPs, the machine's matmul rate, memory and CPU use, l
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from maskmatch.data.vocab import EOS
+
 
 @contextmanager
 def instrumented(decoder, tokens: int | None):
     """Counts decoder steps and times the r2l rescoring; with `tokens`, forces every sequence to exactly that
     many tokens and then EOS (the model's own choice among the other tokens). Yields the counters."""
-    from maskmatch.data.vocab import EOS
     from maskmatch.model import search
 
     counters = {"steps": 0, "rescore_s": 0.0}
@@ -111,8 +113,6 @@ def matmul_rate(size: int, repeats: int) -> list[float]:
 
 def peak_rss_mib() -> float:
     """The process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    import resource  # POSIX only: imported here so that `maskmatch --help` works everywhere
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

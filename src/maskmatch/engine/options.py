@@ -5,13 +5,17 @@ line that repeats them; `run_command` then hands the typed config to `runner.tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from maskmatch.cli_args import positive_int
+from maskmatch.config import from_dict, override, to_dict
 from maskmatch.engine.runner import Hardware, Stage, train
 from maskmatch.errors import UserError
 
@@ -50,10 +54,6 @@ def add_run_options(parser: argparse.ArgumentParser, presets: tuple[str, ...], s
 def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME_MAY_CHANGE):
     """The run's config: a preset, a file or (--resume) RUN_DIR/config.yaml, then --set, --time-budget and, where
     the command has them, --label-fraction and --init."""
-    import dataclasses
-
-    from maskmatch.config import override, to_dict
-
     if args.resume:
         if args.preset or args.config:
             raise UserError("--resume continues RUN_DIR with its own config.yaml; drop --preset/--config")
@@ -93,10 +93,6 @@ def saved_config(run_dir: Path, config_class):
 
 
 def _parse(text: str, config_class, where) -> Any:
-    import yaml
-
-    from maskmatch.config import from_dict
-
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -107,8 +103,6 @@ def _parse(text: str, config_class, where) -> Any:
 def with_shared_model(values: dict, where) -> dict:
     """A config's values with `model: {preset: NAME, KEY: VALUE...}` expanded: the model of presets/models/NAME.yaml
     (one per family, shared by its stages' presets), then the keys given beside `preset`."""
-    import yaml
-
     model = values.get("model") if isinstance(values, dict) else None
     if not isinstance(model, dict) or "preset" not in model:
         return values

@@ -11,12 +11,19 @@ log.jsonl and curves.png; `train` adds the stage's `finish`. The commands only p
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
+from maskmatch.config import to_dict
+from maskmatch.data.vocab import Vocabulary
 from maskmatch.errors import UserError
+from maskmatch.files import write_atomic
 
 @dataclass(frozen=True)
 class Stage:
@@ -74,7 +81,6 @@ class Run:
     def preprocessing(self) -> dict:
         """The vocabulary and render config the run's data was built with: what exported weights carry."""
         from maskmatch.data.render import RenderConfig
-        from maskmatch.data.vocab import Vocabulary
 
         return {"vocabulary": Vocabulary(tuple(self.data.cache.vocabulary)),
                 "render": RenderConfig(**self.data.cache.render_config)}
@@ -102,8 +108,6 @@ def load_init(model, path: str):
 
 def check_resumable(path: Path, checkpoint_meta: Callable[[dict], dict]) -> None:
     """A checkpoint this stage can continue, or a UserError (memory-mapped: cheap even for a large file)."""
-    import pickle
-
     import torch
 
     try:
@@ -130,17 +134,12 @@ def run_stage(stage: Stage, config, run_dir: Path, *, command: str, resume: bool
     if not resume and (run_dir / "last.ckpt").exists():
         raise UserError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
 
-    import warnings
-
     import lightning as L
     import torch
-    import yaml
 
-    from maskmatch.config import to_dict
     from maskmatch.engine.callbacks import BudgetPlanner, RunLog
     from maskmatch.engine.checkpoints import LAST, AtomicCheckpointIO, RunCheckpoints, remove_stale_temporaries
     from maskmatch.engine.common import NonFiniteLoss
-    from maskmatch.files import write_atomic
 
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # workers are a config choice
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning's, not ours

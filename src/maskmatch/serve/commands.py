@@ -7,11 +7,13 @@ import errno
 import json
 import socket
 import sys
+from importlib import resources
 from pathlib import Path
 
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
-from maskmatch.serve.local import LOOPBACK
+from maskmatch.memory import limit_heap_growth
+from maskmatch.serve.local import LOOPBACK, allowed_hosts, exposure_warning
 
 
 def _at_least_zero(text: str) -> int:
@@ -29,7 +31,6 @@ def _port(text: str) -> int:
 
 
 def _recognizer(args: argparse.Namespace):
-    from maskmatch.memory import limit_heap_growth
     from maskmatch.recognizer import Recognizer
 
     limit_heap_growth()  # a server recognizes request after request: see memory.py
@@ -65,8 +66,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from maskmatch.serve.server import server_config
-
-    from maskmatch.serve.local import allowed_hosts, exposure_warning
 
     _check_port(args.host, args.port)
     hosts = allowed_hosts(args.host, args.allow_host)
@@ -112,8 +111,6 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from importlib import resources
-
     from maskmatch.serve.server import BackgroundServer
     from maskmatch.serve.soak import format_soak, soak
 

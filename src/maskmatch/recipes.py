@@ -61,8 +61,10 @@ def training_data(config) -> str:
     if not config.data.variants:
         return "plain"
     meta = Path(config.data.root) / config.data.train_split / FOLDER / "meta.json"
-    swaps = json.loads(meta.read_text("utf-8")).get("swap_share") if meta.is_file() else None
-    return f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
+    values = json.loads(meta.read_text("utf-8")) if meta.is_file() else {}
+    swaps, photos = values.get("swap_share"), values.get("photo_share")
+    return (f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
+            + (f", photographed {photos:.0%}" if photos else ""))
 
 
 def markdown(rows: list[dict], command: str, note: str | None, title: str = TITLE,

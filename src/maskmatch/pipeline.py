@@ -40,7 +40,7 @@ from maskmatch.errors import UserError
 from maskmatch.finetune.commands import stage as finetune_stage
 from maskmatch.pretrain.commands import stage as pretrain_stage
 from maskmatch.stages import (EXPORTS, STAGES, STATE, BudgetSplit, read_state, stage_seconds, take_over,
-                                    write_state)
+                              write_state)
 
 PRESETS = ("train-tiny", "train-small", "train-cpu", "train-crohme")
 ENCODER_ONLY = "encoder.safetensors"  # beside attend.safetensors: its encoder alone (fusion none)

@@ -24,13 +24,11 @@ from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 from maskmatch.attend.commands import stage as attend_stage
 from maskmatch.benchmark.measure import matmul_rate
 from maskmatch.cli_args import positive_int
-from maskmatch.config import from_dict, override
-from maskmatch.engine.options import with_shared_model
+from maskmatch.config import override
+from maskmatch.engine.options import parse_config
 from maskmatch.engine.schedule import ema_decay
 from maskmatch.errors import UserError
 from maskmatch.pipeline import stage_classes
@@ -50,7 +48,7 @@ def recipe_config(spec: str):
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
     except FileNotFoundError:
         raise UserError(f"recipe {spec!r}: no preset {preset!r}") from None
-    config = from_dict(stage_classes()[recipe_stage(spec)], with_shared_model(yaml.safe_load(text), preset))
+    config = parse_config(text, stage_classes()[recipe_stage(spec)], preset)
     return override(config, [s for s in sets.split(",") if s])
 
 

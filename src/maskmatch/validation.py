@@ -116,8 +116,9 @@ def _average(args: argparse.Namespace) -> int:
         models, steps = [], []
         for path in args.checkpoints:
             if Path(path).suffix == ".safetensors":  # a whole model: averaging runs from one start (a model soup)
-                models.append(load_weights(path, "cpu")[0])
-                steps.append(int((read_manifest(path).get("training") or {}).get("step", -1)))
+                model, manifest = load_weights(path, "cpu")
+                models.append(model)
+                steps.append(int((manifest.get("training") or {}).get("step", -1)))
                 continue
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
             models.append(ema_model(checkpoint))

@@ -60,13 +60,13 @@ def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME
         saved = saved_config(Path(args.out), config_class)
     elif args.preset:
         text = resources.files("maskmatch").joinpath("presets", f"{args.preset}.yaml").read_text("utf-8")
-        saved = _parse(text, config_class, args.preset)
+        saved = parse_config(text, config_class, args.preset)
     elif args.config:
         try:
             text = Path(args.config).read_text("utf-8")
         except OSError as e:
             raise UserError(f"{args.config}: cannot read config ({e.strerror})") from None
-        saved = _parse(text, config_class, args.config)
+        saved = parse_config(text, config_class, args.config)
     else:
         raise UserError("give --preset, --config FILE or --resume")
     config = override(saved, args.overrides)
@@ -89,10 +89,11 @@ def saved_config(run_dir: Path, config_class):
     source = run_dir / "config.yaml"
     if not (run_dir / "last.ckpt").is_file() or not source.is_file():
         raise UserError(f"{run_dir}: no run to resume (config.yaml and last.ckpt needed)")
-    return _parse(source.read_text("utf-8"), config_class, source)
+    return parse_config(source.read_text("utf-8"), config_class, source)
 
 
-def _parse(text: str, config_class, where) -> Any:
+def parse_config(text: str, config_class, where) -> Any:
+    """YAML text -> a typed config (a shared model section expanded); `where` names the text in errors."""
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

@@ -1,6 +1,8 @@
 """Ensembles (model/ensemble.py): a model with itself decodes as the model alone, two models' step log-probs are
 the normalized mean of theirs, and Recognizer / the CLI take several weight files with one-line errors."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -9,10 +11,12 @@ from test_model import synthetic_batch
 from maskmatch.cli import main
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
+from maskmatch.ensemble_file import make_ensemble, read_ensemble
 from maskmatch.model import HMERModel, ModelConfig, search
 from maskmatch.model.ensemble import Ensemble
 from maskmatch.recognizer import Recognizer
-from maskmatch.weights import save_weights
+from maskmatch.results import ship
+from maskmatch.weights import read_manifest, save_weights
 
 
 def tiny(seed: int, **overrides) -> HMERModel:
@@ -82,3 +86,52 @@ def test_recognize_takes_model_twice(weights, tmp_path, capsys):
     assert all(t in Vocabulary.load() for t in capsys.readouterr().out.split("\t")[-1].split())
     assert main(["recognize", str(image), "--model", str(weights["a"]), "--model", str(weights["scaled"])]) != 0
     assert "another scale" in capsys.readouterr().err
+
+
+def test_an_ensemble_file_names_its_members_and_refuses_others(weights, tmp_path):
+    """make_ensemble copies the members beside ensemble.json; a member swapped for another model, a missing one
+    or a damaged file is a one-line ValueError, never a silent other ensemble."""
+    path = make_ensemble([weights["a"], weights["b"]], tmp_path / "pair", {"metrics": {"validation": {"exprate": 9.0}}})
+    rec = Recognizer.load(path, "cpu")
+    assert rec.members == 2 and rec.manifest["metrics"] == {"validation": {"exprate": 9.0}}
+    assert rec.manifest["ensemble"] == [str(tmp_path / "pair" / n) for n in ("model.safetensors", "model-2.safetensors")]
+    assert rec.manifest["weights"]["parameters"] == 2 * read_manifest(weights["a"])["weights"]["parameters"]
+    assert rec.recognize([[[0, 0], [10, 10]]], beam_size=2).tokens
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tmp_path / "pair", swapped)
+    shutil.copyfile(weights["a"], swapped / "model-2.safetensors")
+    shutil.copyfile(weights["a"].with_suffix(".json"), swapped / "model-2.json")
+    with pytest.raises(ValueError, match="not the model this ensemble was made of"):
+        Recognizer.load(swapped / "ensemble.json", "cpu")
+    (swapped / "model-2.safetensors").unlink()
+    with pytest.raises(ValueError, match="no such weights file"):
+        Recognizer.load(swapped / "ensemble.json", "cpu")
+    (swapped / "ensemble.json").write_text("{", "utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Recognizer.load(swapped / "ensemble.json", "cpu")
+    with pytest.raises(ValueError, match="cannot be a member"):
+        Recognizer.load([path, weights["a"]], "cpu")
+
+
+def test_shipping_an_ensemble_then_one_model_leaves_what_was_shipped_last(weights, tmp_path):
+    """results --ship writes an ensemble's members and file into the assets folder; shipping one model after it
+    removes them, so that Recognizer.load() never reads a stale ensemble."""
+    scores = {"2014": {"beam": {"n": 6, "exprate": 50.0, "le1": 60.0, "le2": 70.0, "decoding": "beam 2"}}}
+    pair = make_ensemble([weights["a"], weights["b"]], tmp_path / "pair", {"command": "maskmatch ensemble ..."})
+    assets = tmp_path / "assets"
+    shipped = ship(pair, scores, "maskmatch results ...", assets)
+    assert shipped == assets / "ensemble.json"
+    assert sorted(p.name for p in assets.iterdir()) == ["ensemble.json", "model-2.json", "model-2.safetensors",
+                                                        "model.json", "model.safetensors"]
+    _, record = read_ensemble(shipped)
+    assert record["metrics"]["test"]["2014"]["beam"]["exprate"] == 50.0 and record["command"] == "maskmatch ensemble ..."
+    assert ship(weights["b"], scores, "maskmatch results ...", assets) == assets / "model.safetensors"
+    assert sorted(p.name for p in assets.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_export_of_an_ensemble_writes_its_first_member(weights, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pair = make_ensemble([weights["a"], weights["b"]], tmp_path / "pair", {})
+    assert main(["export", "--onnx", "--model", str(pair), "--out", str(tmp_path / "onnx")]) == 0
+    assert "exporting its first member" in capsys.readouterr().out
+    assert Recognizer.load(tmp_path / "onnx").members == 1

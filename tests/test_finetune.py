@@ -26,6 +26,7 @@ from maskmatch.engine.schedule import ema_decay, lr_factor, plan_total_steps
 from maskmatch.errors import UserError
 from maskmatch.finetune.config import OptimConfig
 from maskmatch.finetune.module import ema_model
+from maskmatch.recognizer import Recognizer
 from maskmatch.weights import load_weights, read_manifest
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
@@ -377,6 +378,14 @@ def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_p
     assert all(torch.equal(v, alone[k]) for k, v in load_weights(soup)[0].state_dict().items())
     assert main(["validate", str(model), str(soup), "--ensemble", "--data", str(data_root)]) == 0
     assert f"{model} + {soup}\tvalidation ExpRate" in capsys.readouterr().out
+    folder = tmp_path / "ensemble"  # an ensemble file: validated members, copied beside it, calibrated as one
+    assert main(["ensemble", str(model), str(soup), "--data", str(data_root), "--out", str(folder)]) == 0
+    assert "the ensemble is" in capsys.readouterr().out
+    assert main(["calibrate", "--model", str(folder / "ensemble.json"), "--data", str(data_root),
+                 "--out", str(tmp_path), "--beam", "2"]) == 0
+    rec = Recognizer.load(folder / "ensemble.json", "cpu")
+    assert rec.members == 2 and rec.manifest["calibration"]["beam"]["beam_size"] == 2
+    assert len(rec.manifest["metrics"]["validation"]["members"]) == 2
     assert main(["calibrate", "--model", str(out), "--data", str(data_root), "--out", str(tmp_path), "--beam", "2"]) == 0
     fit = read_manifest(out)["calibration"]
     assert {"greedy", "beam", "method", "images"} <= set(fit) and fit["beam"]["beam_size"] == 2

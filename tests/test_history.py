@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from maskmatch.cli import main
-from maskmatch.history import add, cumulative_hours, markdown
+from maskmatch.history import add, add_ensemble, cumulative_hours, markdown
 
 
 def manifest(sha: str, minutes: float, init: dict | None = None, config_init: str | None = None,
@@ -40,6 +40,26 @@ def test_a_run_that_was_not_shipped_is_recorded_but_not_continued(tmp_path):
     assert cumulative_hours(entries) == [4.0, 9.0, 6.0]
     text = markdown(entries, "maskmatch history")
     assert "| 2 | bbbbbbbb | no | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | yes | #1 (aaaaaaaa) |" in text
+
+
+def test_an_ensemble_counts_each_run_of_its_members_chains_once(tmp_path):
+    """A shipped ensemble of two continuations of one model: its CPU-hours are the start's and both runs'; the
+    member it adds (not shipped alone) comes before it; the next continuation of the shipped weights chains to
+    its first member, which the package ships as its weights."""
+    history = tmp_path / "history.json"
+    add(history, manifest("a" * 64, 120.0))
+    add(history, manifest("b" * 64, 60.0, init={"file": "x", "sha256": "a" * 64}), shipped=False)
+    members = [manifest("b" * 64, 60.0, init={"file": "x", "sha256": "a" * 64}),
+               manifest("c" * 64, 30.0, init={"file": "x", "sha256": "a" * 64})]
+    record = {"command": "maskmatch ensemble b c", "metrics": {"validation": {"exprate": 45.0},
+                                                                 "test": {"2014": {"beam": {"exprate": 40.0}}}}}
+    add_ensemble(history, record, members)
+    entries = add(history, manifest("d" * 64, 60.0, config_init="src/maskmatch/assets/model.safetensors"))
+    assert [e["sha256"][0] for e in entries[:3]] == ["a", "b", "c"] and entries[3]["members"] == ["b" * 64, "c" * 64]
+    assert cumulative_hours(entries) == [4.0, 6.0, 5.0, 7.0, 8.0]
+    text = markdown(entries, "maskmatch history")
+    assert "| 4 | " in text and "| yes | ensemble of #2 + #3 | - | - | 7.0 | 45.00 | - / 40.00 |" in text
+    assert "| 5 | dddddddd | yes | #2 (bbbbbbbb) |" in text
 
 
 def test_shipping_again_replaces_the_entry(tmp_path):

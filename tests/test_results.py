@@ -74,7 +74,7 @@ def test_results_refuses_missing_splits_and_runs_without_logs(run, tmp_path, cap
 def test_shipped_copy_loads_and_carries_the_test_scores(run, tmp_path):
     scores = {"2014": {"greedy": {"n": 6, "exprate": 50.0, "le1": 60.0, "le2": 70.0, "decoding": "greedy",
                                   "seconds": 1.0}}}
-    target = ship(run / "model.safetensors", scores, "maskmatch results ...", tmp_path / "model.safetensors")
+    target = ship(run / "model.safetensors", scores, "maskmatch results ...", tmp_path / "assets")
     rec = Recognizer.load(target)
     assert rec.manifest["metrics"]["test"]["2014"]["greedy"]["exprate"] == 50.0
     assert rec.manifest["metrics"]["validation"]["exprate"] == 1.5

@@ -30,7 +30,7 @@ COMMAND_MODULES = [  # in the order `maskmatch --help` lists them
     "maskmatch.recipes",  # recipes: the equal-time table
     "maskmatch.results",  # results
     "maskmatch.history",  # history: every shipped model
-    "maskmatch.validation",  # validate, average, calibrate: on a model's held-out slice
+    "maskmatch.validation",  # validate, average, ensemble, calibrate: on a model's held-out slice
     "maskmatch.serve.commands",  # serve, serve-load
     "maskmatch.benchmark",  # benchmark
     "maskmatch.train_benchmark",  # train-benchmark

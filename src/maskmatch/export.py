@@ -117,13 +117,19 @@ def _export(args: argparse.Namespace) -> int:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UserError("export needs onnx and onnxruntime: pip install 'maskmatch[onnx]'") from None
+    source = str(args.model or "the shipped weights")
     try:
         rec = Recognizer.load(args.model, "cpu", runtime="torch")
+        if rec.members > 1:  # the graphs are one model's; an ensemble exports its first (best) member
+            print(f"{args.model or 'the shipped model'} is an ensemble of {rec.members} models; exporting its first "
+                  f"member, {rec.manifest['ensemble'][0]}", flush=True)
+            source = rec.manifest["ensemble"][0]
+            rec = Recognizer.load(source, "cpu", runtime="torch")
     except ValueError as e:
         raise UserError(str(e)) from None
     out = Path(args.out)
     start = time.perf_counter()
-    record = {"opset": OPSET, "torch": torch.__version__, "from": str(args.model or "the shipped weights")}
+    record = {"opset": OPSET, "torch": torch.__version__, "from": source}
     export_onnx(rec.model, dict(rec.manifest, onnx=record), out)
     print(f"wrote {out}/encoder.onnx, decoder.onnx, decoder_step.onnx, model.json in "
           f"{time.perf_counter() - start:.1f} s")
@@ -151,7 +157,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("export", help="the model as ONNX graphs for onnxruntime, checked against torch")
     p.add_argument("--onnx", action="store_true", help="export to ONNX (encoder.onnx, decoder.onnx, decoder_step.onnx, "
                    "model.json)")
-    p.add_argument("--model", metavar="PATH", help="weights (.safetensors); default: the shipped ones")
+    p.add_argument("--model", metavar="PATH", help="weights (.safetensors); default: the shipped ones (of an "
+                   "ensemble, its first member)")
     p.add_argument("--out", required=True, metavar="DIR", help="the export folder (then: --model DIR)")
     p.add_argument("--check", metavar="SPLIT_DIR", help="decode images of this built split both ways and compare")
     p.add_argument("--check-count", type=positive_int, default=20, metavar="N", help="images checked (default 20)")

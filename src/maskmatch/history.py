@@ -5,12 +5,14 @@ and CPU-hours, validation and test ExpRate, whether it was shipped), in the orde
 --ship` adds the model it ships, `maskmatch history MANIFEST...` adds others (`--not-shipped`: the models of
 runs that did not beat the shipped model on validation, so that the record shows every run). From it the command writes
 results/training-history.md and results/training-history.png (ExpRate against cumulative CPU-hours).
-An entry's CPU-hours add up along its chain of starting models.
+An entry's CPU-hours add up along its chain of starting models. A shipped ensemble (ensemble_file.py) is an entry
+of its own, after its members' entries; its CPU-hours are those of all its members' chains, each run once.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -46,31 +48,70 @@ def entry(manifest: dict, shipped: bool = True) -> dict:
     }
 
 
+def ensemble_entry(record: dict, members: list[dict]) -> dict:
+    """A shipped ensemble's record, from its ensemble file (`results --ship` has added the test scores) and its
+    members' manifests; its id is the sha256 of its members' sha256s."""
+    shas = [m["weights"]["sha256"] for m in members]
+    metrics = record.get("metrics") or {}
+    return {
+        "sha256": hashlib.sha256(" ".join(shas).encode()).hexdigest(), "members": shas,
+        "init": None, "init_sha256": None, "command": record.get("command", ""),
+        "device": "-", "minutes": 0.0, "cpu_hours": 0.0,
+        "validation": (metrics.get("validation") or {}).get("exprate"),
+        "test": {split: {how: s["exprate"] for how, s in by.items()} for split, by in (metrics.get("test") or {}).items()},
+        "shipped": True,
+    }
+
+
+def _index(entries: list[dict], sha: str, before: int) -> int | None:
+    return next((j for j in range(before) if entries[j]["sha256"] == sha), None)
+
+
 def parent(entries: list[dict], i: int) -> int | None:
     """The index of the entry that entry i started from: by its init weights' sha256, or, for a run that
-    recorded only the path of the shipped weights it continued, the model shipped before it."""
+    recorded only the path of the shipped weights it continued, the model shipped before it (an ensemble's
+    first member, which is what the package ships as its weights)."""
     e = entries[i]
     if e["init_sha256"]:
-        return next((j for j in range(i) if entries[j]["sha256"] == e["init_sha256"]), None)
+        return _index(entries, e["init_sha256"], i)
     if e["init"] and str(e["init"]).replace("\\", "/").endswith(SHIPPED_WEIGHTS):
-        return next((j for j in range(i - 1, -1, -1) if entries[j].get("shipped", True)), None)
+        j = next((j for j in range(i - 1, -1, -1) if entries[j].get("shipped", True)), None)
+        return _index(entries, entries[j]["members"][0], j) if j is not None and entries[j].get("members") else j
     return None
+
+
+def sources(entries: list[dict], i: int) -> set[int]:
+    """Entry i and every entry its model was made from: its chain of starting models, or its members' chains."""
+    starts = ([_index(entries, sha, i) for sha in entries[i]["members"]] if entries[i].get("members")
+              else [parent(entries, i)])
+    return {i}.union(*(sources(entries, j) for j in starts if j is not None))
 
 
 def cumulative_hours(entries: list[dict]) -> list[float | None]:
     out: list[float | None] = []
-    for i, e in enumerate(entries):
-        p = parent(entries, i)
-        before = out[p] if p is not None else 0.0
-        out.append(None if e["cpu_hours"] is None or before is None else round(before + e["cpu_hours"], 2))
+    for i in range(len(entries)):
+        hours = [entries[j]["cpu_hours"] for j in sources(entries, i)]
+        out.append(None if None in hours else round(sum(hours), 2))
     return out
 
 
 def add(history: Path, manifest: dict, shipped: bool = True) -> list[dict]:
     """Adds (or replaces, by sha256) the manifest's entry in the history file; returns all entries."""
+    return _add(history, [entry(manifest, shipped)])
+
+
+def add_ensemble(history: Path, record: dict, members: list[dict]) -> list[dict]:
+    """Adds a shipped ensemble's entry, after those of its members that the history lacks (not shipped alone)."""
     entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
-    new = entry(manifest, shipped)
-    entries = [e for e in entries if e["sha256"] != new["sha256"]] + [new]
+    known = {e["sha256"] for e in entries}
+    new = [entry(m, shipped=False) for m in members if m["weights"]["sha256"] not in known]
+    return _add(history, new + [ensemble_entry(record, members)])
+
+
+def _add(history: Path, new: list[dict]) -> list[dict]:
+    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
+    shas = {e["sha256"] for e in new}
+    entries = [e for e in entries if e["sha256"] not in shas] + new
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text(json.dumps(entries, indent=1) + "\n", "utf-8")
     return entries
@@ -82,21 +123,31 @@ def markdown(entries: list[dict], command: str) -> str:
     lines = ["# Training history", "", f"Written by `{command}` from the models' manifests "
              "(results/history.json); do not edit by hand.", "",
              "Each row is a run's model, in order: shipped, or kept out (another run's model was shipped instead, "
-             "or it did not beat the shipped one on validation; its CPU-hours then count for no later model). "
-             "Validation: the run's own, EMA greedy on the held-out slice. Test ExpRate (%) greedy / beam 10.", "",
+             "or it did not beat the shipped one on validation; its CPU-hours then count for no later model), or an "
+             "ensemble of earlier rows' models, decoded as one (its CPU-hours: its members' chains). "
+             "Validation: the run's own, EMA greedy on the held-out slice (an ensemble's: `maskmatch ensemble`'s, "
+             "greedy with the grammar, as `maskmatch validate`). Test ExpRate (%) greedy / beam 10.", "",
              "| # | model | shipped | started from | minutes | device | CPU-hours so far | validation | 2014 | 2016 "
              "| 2019 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, (e, h) in enumerate(zip(entries, hours)):
-        p = parent(entries, i)
-        start = f"#{p + 1} ({entries[p]['sha256'][:8]})" if p is not None else (f"`{e['init']}`" if e["init"] else "random")
         tests = " | ".join(f"{cell(e, s, 'greedy')} / {cell(e, s, 'beam')}" for s in ("2014", "2016", "2019"))
         val = f"{e['validation']:.2f}" if e["validation"] is not None else "-"
-        lines.append(f"| {i + 1} | {e['sha256'][:8]} | {'yes' if e.get('shipped', True) else 'no'} | {start} "
-                     f"| {e['minutes']:.1f} | {e['device']} | "
-                     f"{h if h is not None else '-'} | {val} | {tests} |")
+        minutes = "-" if e.get("members") else f"{e['minutes']:.1f}"
+        lines.append(f"| {i + 1} | {e['sha256'][:8]} | {'yes' if e.get('shipped', True) else 'no'} | "
+                     f"{_started_from(entries, i)} | {minutes} | {e['device']} | {h if h is not None else '-'} "
+                     f"| {val} | {tests} |")
     lines += ["", "Commands, in order:", ""] + [f"{i + 1}. `{e['command']}`" for i, e in enumerate(entries)]
     return "\n".join(lines) + "\n"
+
+
+def _started_from(entries: list[dict], i: int) -> str:
+    e = entries[i]
+    if e.get("members"):
+        found = [_index(entries, sha, i) for sha in e["members"]]
+        return "ensemble of " + " + ".join(f"#{j + 1}" if j is not None else sha[:8] for j, sha in zip(found, e["members"]))
+    p = parent(entries, i)
+    return f"#{p + 1} ({entries[p]['sha256'][:8]})" if p is not None else (f"`{e['init']}`" if e["init"] else "random")
 
 
 def plot(entries: list[dict], path: Path) -> None:

@@ -29,12 +29,16 @@ from maskmatch.data.bitmap import normalize_bitmap
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
+from maskmatch.ensemble_file import NAME as SHIPPED_ENSEMBLE
+from maskmatch.ensemble_file import RESERVED as ENSEMBLE_KEYS
+from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
 from maskmatch.model import HMERModel, LatexGrammar
 from maskmatch.model.ensemble import Ensemble
 from maskmatch.onnx_model import OnnxModel, is_export, load_onnx
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 
-SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json
+SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json; with ensemble.json when the package ships
+# an ensemble (ensemble_file.py), of which it is the first member
 RUNTIMES = ("torch", "onnx")
 
 
@@ -87,8 +91,9 @@ class Recognizer:
     def load(cls, path: str | Path | list | None = None, device: str | torch.device | None = None,
              constrained: bool = True, runtime: str | None = None, threads: int | None = None,
              handoff: bool = False) -> "Recognizer":
-        """Weights written by `maskmatch.weights.save_weights`; None: the weights shipped in the package; a list of
-        several: their ensemble (model/ensemble.py: log-probs averaged, one vocabulary and render scale).
+        """Weights written by `maskmatch.weights.save_weights`; a list of several: their ensemble (model/ensemble.py:
+        log-probs averaged, one vocabulary and render scale); an ensemble file (`maskmatch ensemble`, .json): the
+        ensemble it names; None: what the package ships (`shipped_model`).
         device None: CUDA if this torch has it, else the CPU (`devices.resolve_device`, as the CLI's).
         constrained=False decodes without the LaTeX grammar (for measuring what it changes).
         runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps;
@@ -96,9 +101,15 @@ class Recognizer:
         handoff=True also loads a stage hand-off file, its other modules as initialized (`weights.load_weights`):
         for drawing a stage-2 model's attention maps, not for reading."""
         if isinstance(path, (list, tuple)):
+            if any(is_ensemble_file(p) for p in path) and len(path) > 1:
+                raise ValueError("an ensemble file cannot be a member of an ensemble: give its members' weights")
             if len(path) > 1:
                 return cls._ensemble(list(path), device, constrained, runtime)
             path = path[0] if path else None
+        path = shipped_model() if path is None else path
+        if is_ensemble_file(path):
+            members, record = read_ensemble(path)
+            return cls._ensemble(members, device, constrained, runtime, record)
         runtime = runtime or ("onnx" if is_export(path) else "torch")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
@@ -112,16 +123,12 @@ class Recognizer:
         if is_export(path):
             raise ValueError(f"{path}: an onnx export; run it with the onnx runtime (--runtime onnx)")
         device = resolve_device(device)
-        if path is None:
-            shipped = resources.files("maskmatch").joinpath("assets", SHIPPED)
-            if not shipped.is_file():
-                raise ValueError("no shipped weights in this version; pass a model path (--model)")
-            path = Path(str(shipped))
         model, manifest = load_weights(path, device, handoff)
         return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device, constrained)
 
     @classmethod
-    def _ensemble(cls, paths: list, device, constrained: bool, runtime: str | None) -> "Recognizer":
+    def _ensemble(cls, paths: list, device, constrained: bool, runtime: str | None,
+                  record: dict | None = None) -> "Recognizer":
         if runtime not in (None, "torch") or any(is_export(p) for p in paths):
             raise ValueError("an ensemble runs on the torch runtime: give .safetensors weights, not onnx exports")
         device = resolve_device(device)
@@ -132,10 +139,20 @@ class Recognizer:
                 raise ValueError(f"{p}: its vocabulary is not {paths[0]}'s; an ensemble needs one vocabulary")
             if render_config(other) != render_config(manifest):
                 raise ValueError(f"{p}: rendered at another scale than {paths[0]}; an ensemble needs one scale")
-        # the first member's manifest, less its calibration (fitted to its scores alone)
-        manifest = {**{k: v for k, v in manifest.items() if k != "calibration"}, "ensemble": [str(p) for p in paths]}
+        # the first member's manifest (config, preprocessing, training) less what describes it alone (its scores and
+        # calibration), then the ensemble file's record (the ensemble's scores and calibration, its commands)
+        manifest = {k: v for k, v in manifest.items() if k not in ("calibration", "metrics", "results_command")}
+        parameters = sum(m["weights"].get("parameters", 0) for _, m in loaded)
+        manifest.update({**{k: v for k, v in (record or {}).items() if k not in ENSEMBLE_KEYS},
+                         "weights": {**manifest["weights"], "parameters": parameters},
+                         "ensemble": [str(p) for p in paths]})
         return cls(Ensemble([m for m, _ in loaded]), manifest_vocabulary(manifest), render_config(manifest),
                    manifest, device, constrained)
+
+    @property
+    def members(self) -> int:
+        """How many models decode as one: 1, or an ensemble's size."""
+        return len(self.model.members) if isinstance(self.model, Ensemble) else 1
 
     # ------------------------------------------------------------ inputs
 
@@ -242,6 +259,16 @@ class Recognizer:
             h, w = -(-heights[b] // stride), -(-widths[b] // stride)  # ceil
             out.append(weights[b, : len(s), :h, :w].numpy().copy())
         return out
+
+
+def shipped_model() -> Path:
+    """What `Recognizer.load()` loads: the package's ensemble file if it ships one, else its weights."""
+    assets = resources.files("maskmatch").joinpath("assets")
+    if assets.joinpath(SHIPPED_ENSEMBLE).is_file():
+        return Path(str(assets.joinpath(SHIPPED_ENSEMBLE)))
+    if not assets.joinpath(SHIPPED).is_file():
+        raise ValueError("no shipped weights in this version; pass a model path (--model)")
+    return Path(str(assets.joinpath(SHIPPED)))
 
 
 def _strokes(strokes: list | tuple) -> list[np.ndarray]:

@@ -70,7 +70,7 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
                                 f"{scores[split][how]['le2']:.2f}" if split in scores else "-")
     params = manifest.get("weights", {}).get("parameters", 0) / 1e6
     lines = ["# Results", "", f"Made by `{command}`; do not edit by hand.", "",
-             f"Model: {params:.2f} M parameters, trained on {training['device']}; "
+             f"Model: {_kind(manifest)}{params:.2f} M parameters, trained on {training['device']}; "
              f"validation ExpRate {manifest.get('metrics', {}).get('validation', {}).get('exprate', '?')}% "
              "(held-out slice of train, greedy).", "",
              "ExpRate / at most 1 error / at most 2 errors (%), token level:", "",
@@ -80,6 +80,10 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
         name = next((scores[s][how]["decoding"] for s in SPLITS if s in scores), how)
         lines.append(f"| {name} | " + " | ".join(f"{cells(s, how)} ({scores[s][how]['n']})" if s in scores
                                                   else "-" for s in SPLITS) + " |")
+    timed = [s for s in SPLITS if all("seconds" in scores.get(s, {}).get(how, {}) for how in ("greedy", "beam"))]
+    if timed:
+        lines += ["", "Time to decode each whole split on the machine that ran this command, greedy / beam (s): " + ", ".join(
+            f"{s} {scores[s]['greedy']['seconds']:.1f} / {scores[s]['beam']['seconds']:.1f}" for s in timed) + "."]
     lines += ["", "Published ExpRate (%), beam search, for comparison:", "",
               "| system | " + " | ".join(f"CROHME {s}" for s in SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
     lines += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |" for name, values in PUBLISHED.items()]
@@ -94,6 +98,11 @@ def markdown(scores: dict, training: dict, command: str, manifest: dict) -> str:
     lines += [f"| {stage} | {s['minutes']} | {cpu_hours(training['device'], s['minutes'])} | {s['steps']} "
               f"| {s['images_per_s']} |" for stage, s in training["stages"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _kind(manifest: dict) -> str:
+    members = manifest.get("ensemble")
+    return f"an ensemble of {len(members)} models decoded as one (model/ensemble.py), " if members else ""
 
 
 def readme_section(path: Path) -> tuple[str, int, int]:
@@ -114,24 +123,39 @@ def update_readme(path: Path, table: str) -> None:
     path.write_text(text[:start] + "\n" + table + text[end:], "utf-8")
 
 
-def ship(model: Path, scores: dict, command: str, target: Path | None = None) -> Path:
-    """Copies the weights to `target` (default: the package's shipped weights) and writes their manifest
-    there with the test scores and this command added. The manifest's sha256 covers the tensors only."""
+def ship(model: Path, scores: dict, command: str, assets: Path | None = None) -> Path:
+    """Copies the model into folder `assets` (default: the package's) as what `Recognizer.load()` loads by default,
+    with the test scores and this command added to its manifest: weights as model.safetensors (+ .json), an
+    ensemble file as ensemble.json with its members (model.safetensors, model-2.safetensors, ...). What an earlier
+    ship left there and this one does not replace is removed. Returns the shipped weights or ensemble file."""
+    from maskmatch.ensemble_file import NAME, RESERVED, is_ensemble_file, make_ensemble, member_name, read_ensemble
     from maskmatch.recognizer import SHIPPED
     from maskmatch.weights import read_manifest, write_manifest
 
-    manifest = read_manifest(model)
-    manifest.setdefault("metrics", {})["test"] = {
-        split: {how: {k: s[k] for k in ("n", "exprate", "le1", "le2", "decoding")} for how, s in by.items()}
-        for split, by in scores.items()}
-    manifest["results_command"] = command
-    target = target or Path(str(resources.files("maskmatch").joinpath("assets", SHIPPED)))
-    shutil.copyfile(model, target)
-    write_manifest(target, manifest)
-    return target
+    assets = assets or Path(str(resources.files("maskmatch").joinpath("assets")))
+    test = {split: {how: {k: s[k] for k in ("n", "exprate", "le1", "le2", "decoding")} for how, s in by.items()}
+            for split, by in scores.items()}
+    if is_ensemble_file(model):
+        members, record = read_ensemble(model)
+        extra = {k: v for k, v in record.items() if k not in RESERVED}
+        extra.update(metrics={**(record.get("metrics") or {}), "test": test}, results_command=command)
+        shipped, kept = make_ensemble(members, assets, extra), {NAME} | {member_name(i) for i in range(len(members))}
+    else:
+        manifest = read_manifest(model)
+        manifest.setdefault("metrics", {})["test"] = test
+        manifest["results_command"] = command
+        shipped, kept = assets / SHIPPED, {SHIPPED}
+        assets.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, shipped)
+        write_manifest(shipped, manifest)
+    for stale in [assets / NAME, *assets.glob("model-*.safetensors"), *assets.glob("model-*.json")]:
+        if stale.name not in kept and stale.with_suffix(".safetensors").name not in kept:
+            stale.unlink(missing_ok=True)
+    return shipped
 
 
 def _results(args: argparse.Namespace) -> int:
+    from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import read_manifest
 
@@ -170,8 +194,13 @@ def _results(args: argparse.Namespace) -> int:
         print(f"updated the results section of {args.readme}")
     if args.ship:
         shipped = ship(model, scores, command)
-        print(f"shipped {shipped} (+ .json)")
-        history.write(out, history.add(out / "history.json", read_manifest(shipped)), f"maskmatch history --out {out}")
+        print(f"shipped {shipped}")
+        if is_ensemble_file(shipped):
+            members, record = read_ensemble(shipped)
+            entries = history.add_ensemble(out / "history.json", record, [read_manifest(m) for m in members])
+        else:
+            entries = history.add(out / "history.json", read_manifest(shipped))
+        history.write(out, entries, f"maskmatch history --out {out}")
         print(f"added it to {out}/history.json, training-history.md and .png")
     return 0
 
@@ -188,7 +217,8 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("results", help="test-set tables for results/: 2014, 2016, 2019, greedy and beam")
-    p.add_argument("--model", required=True, metavar="PATH", help="weights (.safetensors with its .json manifest)")
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="weights (.safetensors with its .json manifest), or an ensemble file (maskmatch ensemble)")
     p.add_argument("--data", default="data/crohme", metavar="DIR", help="built CROHME (default data/crohme)")
     p.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="the training run (default: the model's folder)")
     p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")

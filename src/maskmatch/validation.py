@@ -7,7 +7,9 @@ averaging, as in Vaswani et al. 2017), which smooths the last stretch of a run b
 does, or of whole models of runs that started from one model (a uniform model soup, Wortsman et al. 2022);
 the average inherits the manifest of the run's exported model (`--like`: config, vocabulary, preprocessing,
 training record), adds the averaged steps, and is validated beside `--like` by `validate`'s
-protocol. `calibrate` fits the 0-1 confidence of calibration.py on the slice and writes it into the manifest.
+protocol. `ensemble` copies models into one folder with an ensemble file naming them (ensemble_file.py), after
+validating each and the ensemble by that protocol. `calibrate` fits the 0-1 confidence of calibration.py on the
+slice and writes it into the manifest (or the ensemble file).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from maskmatch.calibration import METHOD, fit_logistic, reliability
+    from maskmatch.ensemble_file import is_ensemble_file, read_ensemble, write_ensemble
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import manifest_path, read_manifest, write_manifest
 
@@ -84,15 +87,19 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(tables[-1], flush=True)
     command = shlex.join(["maskmatch", "calibrate", "--model", args.model, "--data", args.data, "--out", args.out]
                          + (["--beam", str(args.beam)] if args.beam != 10 else []))
-    manifest = read_manifest(args.model)
-    manifest["calibration"] = {"method": METHOD, "images": len(images), **fits, "command": command}
-    write_manifest(args.model, manifest)
+    calibration = {"method": METHOD, "images": len(images), **fits, "command": command}
+    if is_ensemble_file(args.model):
+        written = Path(args.model)
+        write_ensemble(written, {**read_ensemble(written)[1], "calibration": calibration})
+    else:
+        written = manifest_path(args.model)
+        write_manifest(args.model, {**read_manifest(args.model), "calibration": calibration})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = (f"# Confidence calibration\n\nMade by `{command}`; do not edit by hand.\n\nMethod: {METHOD} "
             f"({len(images)} images). Each table bins the answers by confidence.\n\n" + "\n\n".join(tables) + "\n")
     (out / "calibration.md").write_text(text, "utf-8")
-    print(f"wrote the calibration into {manifest_path(args.model)} and {out}/calibration.md")
+    print(f"wrote the calibration into {written} and {out}/calibration.md")
     return 0
 
 
@@ -161,6 +168,31 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from maskmatch.ensemble_file import make_ensemble
+    from maskmatch.recognizer import Recognizer
+
+    if len(args.models) < 2:
+        raise UserError(f"an ensemble needs at least two models, got {len(args.models)}")
+    scores = []
+    try:
+        for paths in [[p] for p in args.models] + [args.models]:
+            exprate, n = held_out_exprate(Recognizer.load(paths, args.device), Path(args.data))
+            scores.append(round(exprate, 4))
+            print(f"{' + '.join(paths)}\tvalidation ExpRate {exprate:.2f}% (greedy, {n} held-out images)", flush=True)
+        command = shlex.join(["maskmatch", "ensemble", *args.models, "--data", args.data, "--out", args.out])
+        validation = {"exprate": scores[-1], "members": scores[:-1], "decoding": "greedy, with the grammar",
+                      "images": "the first member's held-out slice of the training split"}
+        written = make_ensemble([Path(p) for p in args.models], Path(args.out),
+                                {"metrics": {"validation": validation}, "command": command})
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    best = max(scores[:-1])
+    print(f"wrote {written}; the ensemble is {'better' if scores[-1] > best else 'not better'} than its best member "
+          "on validation")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     v = commands.add_parser("validate", help="greedy ExpRate of models on their held-out slice of the training split")
     v.add_argument("models", nargs="+", metavar="WEIGHTS", help="weights (.safetensors)")
@@ -169,6 +201,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="validate the ensemble of the models (on the first one's held-out slice), not each")
     v.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     v.set_defaults(run=_validate)
+
+    e = commands.add_parser("ensemble", help="several models as one ensemble: validated, copied into one folder")
+    e.add_argument("models", nargs="+", metavar="WEIGHTS",
+                   help="weights (.safetensors), the best single one first: it becomes DIR/model.safetensors")
+    e.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data they trained on")
+    e.add_argument("--out", required=True, metavar="DIR", help="the folder of the members and ensemble.json "
+                   "(then: --model DIR/ensemble.json)")
+    e.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    e.set_defaults(run=_ensemble)
 
     p = commands.add_parser("average", help="average the EMA weights of a run's last checkpoints, or of models")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
@@ -182,7 +223,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_average)
 
     c = commands.add_parser("calibrate", help="fit the 0-1 confidence of a model on its held-out slice")
-    c.add_argument("--model", required=True, metavar="PATH", help="weights (.safetensors); its manifest is updated")
+    c.add_argument("--model", required=True, metavar="PATH",
+                   help="weights (.safetensors) or an ensemble file (.json); its manifest is updated")
     c.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data it was trained on")
     c.add_argument("--out", default="results", metavar="DIR", help="where calibration.md goes (default results)")
     c.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")

@@ -83,6 +83,7 @@ class Ensemble(Decoding, nn.Module):
                 raise ValueError(f"ensemble members have feature strides {first.stride} and {m.config.stride}")
         self.members = nn.ModuleList(models)
         self.config = first  # vocabulary, stride and max_len, as decoding reads them
+        self.attention = None  # stage 2's attention maps are each member's own; an ensemble draws none
         self.decoder = EnsembleDecoder([m.decoder for m in models], [m.config.d_model for m in models])
 
     def encode(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,90 @@
+"""Ensemble files: `ensemble.json`, naming weights files in its folder that decode as one (model/ensemble.py).
+
+    {"format": "maskmatch-ensemble", "format_version": 1,
+     "members": [{"file": "model.safetensors", "sha256": "..."}, {"file": "model-2.safetensors", "sha256": "..."}],
+     "metrics": {...}, "calibration": {...}, "command": "maskmatch ensemble ..."}
+
+Members are whole models (weights.py's files, each with its own manifest), in the file's folder, so that the
+folder moves as one; their sha256 is recorded, so that a member replaced by another run's model is refused
+rather than decoded. The first member is the ensemble's best single model: what a continuation starts from
+(`finetune --init DIR/model.safetensors`) and what `export` writes when asked for the ensemble.
+Whatever else the file holds (validation and test scores, calibration, the commands) describes the ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from maskmatch.files import write_atomic
+from maskmatch.weights import manifest_path, read_manifest
+
+FORMAT = "maskmatch-ensemble"
+FORMAT_VERSION = 1
+NAME = "ensemble.json"  # what `maskmatch ensemble` writes and the package ships
+RESERVED = ("format", "format_version", "members")
+
+
+def is_ensemble_file(path) -> bool:
+    """Whether `path` names an ensemble file (by its suffix: weights files end in .safetensors)."""
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() == ".json"
+
+
+def member_name(i: int) -> str:
+    """The i-th member's file name in an ensemble folder: model.safetensors, model-2.safetensors, ..."""
+    return "model.safetensors" if i == 0 else f"model-{i + 1}.safetensors"
+
+
+def read_ensemble(path: str | Path) -> tuple[list[Path], dict]:
+    """(the members' weights paths, the whole record) of an ensemble file; ValueError names what is wrong."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the ensemble file ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: the ensemble file is not valid JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a maskmatch ensemble file (weights files end in .safetensors)")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {record.get('format_version')}, this maskmatch reads {FORMAT_VERSION}")
+    members = record.get("members")
+    if (not isinstance(members, list) or len(members) < 2
+            or not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in members)):
+        raise ValueError(f"{path}: 'members' must list at least two {{file, sha256}} entries")
+    paths = []
+    for m in members:
+        member = path.parent / m["file"]
+        if Path(m["file"]).name != m["file"]:
+            raise ValueError(f"{path}: member {m['file']!r} must be a file name in the ensemble's folder")
+        if read_manifest(member)["weights"].get("sha256") != m.get("sha256"):
+            raise ValueError(f"{member}: not the model this ensemble was made of (its sha256 differs)")
+        paths.append(member)
+    return paths, record
+
+
+def make_ensemble(models: list[Path], out: Path, extra: dict) -> Path:
+    """Copies the models (weights and manifests) into folder `out` as its members, first as model.safetensors,
+    and writes `out`/ensemble.json with `extra` (scores, commands); returns its path."""
+    if len(models) < 2:
+        raise ValueError(f"an ensemble needs at least two models, got {len(models)}")
+    if set(extra) & set(RESERVED):
+        raise ValueError(f"ensemble keys {sorted(set(extra) & set(RESERVED))} are written by make_ensemble itself")
+    manifests = [read_manifest(m) for m in models]
+    out.mkdir(parents=True, exist_ok=True)
+    for i, model in enumerate(models):
+        target = out / member_name(i)
+        if Path(model).resolve() != target.resolve():
+            shutil.copyfile(model, target)
+            shutil.copyfile(manifest_path(model), manifest_path(target))
+    members = [{"file": member_name(i), "sha256": m["weights"]["sha256"]} for i, m in enumerate(manifests)]
+    path = out / NAME
+    write_ensemble(path, {"format": FORMAT, "format_version": FORMAT_VERSION, "members": members, **extra})
+    return path
+
+
+def write_ensemble(path: str | Path, record: dict) -> None:
+    """Rewrites an ensemble file (atomically): for callers that add to it (test scores, calibration)."""
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+    write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from maskmatch.cli import main
 from maskmatch.data.build import build
-from maskmatch.data.foreign import STYLES, render_foreign
+from maskmatch.data.foreign import STYLES, pen_share, render_foreign
 from maskmatch.data.inkml import read_inkml
 from maskmatch.recognizer import Recognizer
 
@@ -39,6 +39,16 @@ def test_styles_are_pure_functions_of_the_strokes_and_seed(source):
         render_foreign(strokes, "crayon")
 
 
+def test_pen_share_is_the_pen_over_the_symbol_size_in_the_canvas():
+    """Two 100-unit boxes side by side, 50 units apart: symbols of 100 units (the box's side), an extent of 250 x 100
+    units, so marker's canvas holds 464 / 250 px a unit and its 12 px pen is 12 / (464 / 250 * 100) of a symbol."""
+    box = lambda x: np.array([[x, 0], [x + 100, 0], [x + 100, 100], [x, 100], [x, 0]], float)  # noqa: E731
+    strokes = [box(0), box(150)]
+    assert pen_share(strokes, "marker") == pytest.approx(12 / (464 / 250 * 100), rel=0.05)
+    assert pen_share([s * 7 for s in strokes], "marker") == pytest.approx(pen_share(strokes, "marker"), rel=0.02)
+    assert pen_share(strokes, "thin") < pen_share(strokes, "marker")
+
+
 def test_the_table_sets_each_style_beside_our_own_renders(source, tmp_path, capsys):
     data = tmp_path / "data"
     build(source, data, workers=1, progress=False, render=Recognizer.load(device="cpu").render)
@@ -47,8 +57,12 @@ def test_the_table_sets_each_style_beside_our_own_renders(source, tmp_path, caps
             "--out", str(results)]
     assert main(argv) == 0
     rows = [line for line in (results / "foreign.md").read_text("utf-8").splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| ours", "| ours-as-files", "| thin", "| marker", "| scan"]
-    assert all(r.split(" | ")[2] == "3" for r in rows[1:])
+    styles = rows[1:6]
+    assert [r.split(" | ")[0] for r in styles] == ["| ours", "| ours-as-files", "| thin", "| marker", "| scan"]
+    assert all(r.split(" | ")[2] == "3" for r in styles)
+    pens = [r for r in rows[6:] if not r.startswith("| images")]
+    assert {r.split(" | ")[0][2:] for r in pens} == {"thin", "marker", "scan"}
+    assert all(sum(int(r.split(" | ")[2]) for r in pens if r.startswith(f"| {s} ")) == 3 for s in ("thin", "scan"))
     assert len(list((keep / "scan" / "img").glob("*.jpg"))) == 3
     assert (keep / "thin" / "caption.txt").read_text("utf-8") == (data / "2014" / "caption.txt").read_text("utf-8")
 

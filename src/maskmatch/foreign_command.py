@@ -2,7 +2,8 @@
 
 The split's InkML is drawn in each style of `data.foreign` (PIL lines, none of this project's render code)
 and read as a user's image files are read (normalize_bitmap, then the model); the table sets each style's
-ExpRate beside the model's on this project's own renders of the same expressions, and writes
+ExpRate beside the model's on this project's own renders of the same expressions, overall and by the pen's width
+as a share of the expression's symbol size in the style's canvas (`data.foreign.pen_share`), and writes
 OUT/foreign.md and foreign.json.
 """
 
@@ -21,11 +22,14 @@ from maskmatch.errors import UserError
 from maskmatch.inference_commands import _decoding, evaluate_split
 
 BAR = 0.8  # issue 12: each foreign style at least 80% of the ExpRate on our own renders
+PEN_BINS = (0.0, 0.15, 0.25, 0.35)  # lower edges of the pen-share bins (this project's renders: 2.5 / 28 = 0.09)
 
 
-def write_styles(source: str, split_name: str, captions: dict[str, str], out: Path, styles: list[str]) -> None:
-    """OUT/STYLE/ as offline splits (caption.txt, img/) of the expressions in `captions` (the built split's)."""
-    from maskmatch.data.foreign import render_foreign
+def write_styles(source: str, split_name: str, captions: dict[str, str], out: Path,
+                 styles: list[str]) -> dict[str, dict[str, float]]:
+    """OUT/STYLE/ as offline splits (caption.txt, img/) of the expressions in `captions` (the built split's);
+    returns each style's pen share of each expression, by name."""
+    from maskmatch.data.foreign import pen_share, render_foreign
     from maskmatch.data.inkml import InkmlError, read_inkml
 
     with open_source(source) as root:
@@ -34,6 +38,7 @@ def write_styles(source: str, split_name: str, captions: dict[str, str], out: Pa
         if split is None or split.layout != "inkml":
             raise UserError(f"{source}: no InkML split {split_name!r} (found {', '.join(found)})")
         lines = {style: [] for style in styles}
+        shares: dict[str, dict[str, float]] = {style: {} for style in styles}
         for style in styles:
             (out / style / "img").mkdir(parents=True, exist_ok=True)
         for seed, item in enumerate(i for i in split.items if i.name in captions):
@@ -45,8 +50,25 @@ def write_styles(source: str, split_name: str, captions: dict[str, str], out: Pa
                 data, suffix = render_foreign(strokes, style, seed)
                 (out / style / "img" / f"{item.name}{suffix}").write_bytes(data)
                 lines[style].append(f"{item.name}\t{captions[item.name]}\n")
+                shares[style][item.name] = pen_share(strokes, style)
     for style in styles:
         (out / style / "caption.txt").write_text("".join(lines[style]), "utf-8")
+    return shares
+
+
+def by_pen(rows: dict[str, list[dict]], shares: dict[str, dict[str, float]]) -> list[dict]:
+    """Per style and pen-share bin: the images, the style's ExpRate and ours on the same expressions.
+    rows: evaluate_split's per-expression rows, by images ("ours" and each style)."""
+    right = {name: {r["name"]: r["distance"] == 0 for r in found} for name, found in rows.items()}
+    out = []
+    for style, share in shares.items():
+        for low, high in zip(PEN_BINS, PEN_BINS[1:] + (None,)):
+            names = [n for n, s in share.items() if low <= s < (high or float("inf")) and n in right[style]]
+            if names:
+                out.append({"images": style, "low": low, "high": high, "n": len(names),
+                            "exprate": 100 * sum(right[style][n] for n in names) / len(names),
+                            "ours": 100 * sum(right["ours"].get(n, False) for n in names) / len(names)})
+    return out
 
 
 def own_as_files(split_dir: Path, out: Path) -> Path:
@@ -59,7 +81,7 @@ def own_as_files(split_dir: Path, out: Path) -> Path:
     return folder
 
 
-def markdown(rows: list[dict], command: str, split: str, decoding: str) -> str:
+def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: list[dict] = ()) -> str:
     from maskmatch.data.foreign import STYLES
 
     own = rows[0]["exprate"]
@@ -75,6 +97,15 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str) -> str:
         share = f"{100 * r['exprate'] / own:.1f}" if own else "-"
         lines.append(f"| {r['images']} | {drawn[r['images']]} | {r['n']} | {r['exprate']:.2f} | {r['le1']:.2f} "
                      f"| {share} |")
+    if pens:
+        lines += ["", "By the pen's width as a share of the expression's symbol size in the style's canvas (a fixed "
+                  "pen in a fixed canvas is thick for long expressions; this project's renders draw 2.5 px at 28 px "
+                  "symbols, 0.09): the style's ExpRate beside ours on the same expressions.", "",
+                  "| images | pen share | n | ExpRate (%) | ours (%) | share of ours (%) |", "|---|---|---|---|---|---|"]
+        for p in pens:
+            span = f"{p['low']:.2f}-{p['high']:.2f}" if p["high"] is not None else f">= {p['low']:.2f}"
+            share = f"{100 * p['exprate'] / p['ours']:.1f}" if p["ours"] else "-"
+            lines.append(f"| {p['images']} | {span} | {p['n']} | {p['exprate']:.2f} | {p['ours']:.2f} | {share} |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,19 +128,20 @@ def _foreign(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="maskmatch-foreign-") as tmp:
         renders = Path(args.keep) if args.keep else Path(tmp)
-        write_styles(args.source, args.split, captions, renders, args.styles)
+        shares = write_styles(args.source, args.split, captions, renders, args.styles)
         folders = [("ours", split_dir), ("ours-as-files", own_as_files(split_dir, Path(tmp)))]
         folders += [(style, renders / style) for style in args.styles]
-        rows = []
+        rows, expressions = [], {}
         for name, folder in folders:
-            scores, _ = evaluate_split(rec, folder, args.beam, args.batch_size)
+            scores, expressions[name] = evaluate_split(rec, folder, args.beam, args.batch_size)
             rows.append({"images": name, **scores})
             print(f"foreign: {name}: ExpRate {scores['exprate']:.2f} of {scores['n']}", flush=True)
+    pens = by_pen(expressions, shares)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "maskmatch " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["foreign"] else "maskmatch foreign"
-    (out / "foreign.md").write_text(markdown(rows, command, args.split, _decoding(args.beam)), "utf-8")
-    (out / "foreign.json").write_text(json.dumps(rows, indent=1) + "\n", "utf-8")
+    (out / "foreign.md").write_text(markdown(rows, command, args.split, _decoding(args.beam), pens), "utf-8")
+    (out / "foreign.json").write_text(json.dumps({"styles": rows, "by_pen": pens}, indent=1) + "\n", "utf-8")
     print(f"wrote {out / 'foreign.md'}")
     return 0
 

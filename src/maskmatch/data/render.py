@@ -172,6 +172,16 @@ def _strokes_scale(strokes: list[np.ndarray], cfg: RenderConfig) -> float:
     return scale
 
 
+def symbol_size(strokes: list[np.ndarray], cfg: RenderConfig = RenderConfig()) -> float:
+    """The strokes' typical symbol size (size_statistic of their render at `cfg`) in their own units."""
+    pts = [np.asarray(s, np.float64).reshape(-1, 2) for s in strokes]
+    pts = [s for s in pts if len(s)]
+    if not pts:
+        raise ValueError("no ink: the strokes hold no point")
+    origin = np.concatenate(pts).min(axis=0)
+    return cfg.symbol_size / _strokes_scale([s - origin for s in pts], cfg)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where `place_strokes` drew the input: image pixel = input point * scale + (x, y), both axes alike."""

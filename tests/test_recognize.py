@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from maskmatch.cli import main
 from maskmatch.data.cache import CacheWriter
@@ -171,10 +171,35 @@ def test_bad_inputs_are_one_line_value_errors(recognizer, x, message):
     assert "\n" not in str(info.value)
 
 
+def crosses(pen: int) -> Image.Image:
+    """Three 80 px crosses 40 px apart, drawn with a `pen` px pen, dark on white."""
+    image = Image.new("L", (400, 120), 255)
+    draw = ImageDraw.Draw(image)
+    for x in (20, 140, 260):
+        draw.line([(x, 20), (x + 80, 100)], fill=0, width=pen)
+        draw.line([(x + 80, 20), (x, 100)], fill=0, width=pen)
+    return image
+
+
+def test_a_pen_thick_for_the_writing_is_warned_about(recognizer, model_path, tmp_path, capsys):
+    """A picture whose pen is over THICK_PEN of its symbols' size gets a warning (the API, --json and stderr); the
+    same crosses drawn thin, and strokes, get none."""
+    assert recognizer.recognize(crosses(4), beam_size=1).warnings == []
+    assert recognizer.recognize(CROSS, beam_size=1).warnings == []
+    [warning] = recognizer.recognize(crosses(24), beam_size=1).warnings
+    assert "pen is thick" in warning
+    crosses(24).save(tmp_path / "thick.png")
+    assert main(["recognize", str(tmp_path / "thick.png"), "--model", str(model_path), "--greedy"]) == 0
+    assert f"{tmp_path / 'thick.png'}: warning: the pen is thick" in capsys.readouterr().err
+    assert main(["recognize", str(tmp_path / "thick.png"), "--model", str(model_path), "--greedy", "--json"]) == 0
+    assert "pen is thick" in json.loads(capsys.readouterr().out)["warnings"][0]
+
+
 def test_beam_size_below_one_and_missing_shipped_weights(recognizer, monkeypatch):
     with pytest.raises(ValueError, match="beam_size"):
         recognizer.recognize(CROSS, beam_size=0)
     monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")  # a broken install
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED_ENSEMBLE", "no-such-ensemble.json")
     with pytest.raises(ValueError, match="no shipped weights in this version; pass a model path"):
         Recognizer.load()
 

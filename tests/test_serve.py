@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
+from test_recognize import crosses
+
 from maskmatch.cli import main
 from maskmatch.data.inkml import read_inkml
 from maskmatch.data.render import RenderConfig, place_strokes, render_strokes
@@ -85,7 +87,8 @@ def test_strokes_answer_like_the_recognizer_on_the_same_inkml(client, recognizer
     r = client.post("/api/recognize", json={"strokes": INK_STROKES})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"latex", "tokens", "mathml", "score", "confidence", "alternatives", "ms"}
+    assert set(body) == {"latex", "tokens", "mathml", "score", "confidence", "alternatives", "warnings", "ms"}
+    assert body["warnings"] == []  # strokes are drawn by the renderer the model trained on
     assert body["mathml"].startswith("<math")
     assert body["confidence"] is None and body["alternatives"][0]["latex"] == body["latex"]
     assert 1 <= len(body["alternatives"]) <= 2  # the beam's (size 2) answers, best first
@@ -102,6 +105,10 @@ def test_image_upload_answers_like_the_recognizer(client, recognizer):
     assert r.json()["tokens"] == recognizer.recognize(data, beam_size=2).tokens
     greedy = client.post("/api/recognize?beam=1", files={"file": ("x2.png", data)}).json()
     assert greedy["tokens"] == recognizer.recognize(data, beam_size=1).tokens
+    thick = io.BytesIO()
+    crosses(24).save(thick, "PNG")  # a pen thick for the writing: the answer says so
+    warnings = client.post("/api/recognize", files={"file": ("thick.png", thick.getvalue())}).json()["warnings"]
+    assert warnings == recognizer.recognize(crosses(24), beam_size=2).warnings and "pen is thick" in warnings[0]
 
 
 def test_health(client):

@@ -86,12 +86,14 @@ def _recognize(args: argparse.Namespace) -> int:
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
     for at in range(0, len(inputs), window):
-        entries, images, spent = [], [], []  # entries: (path, image position or the problem), in input order
+        entries, images, warnings, spent = [], [], [], []  # entries: (path, image position or the problem), in order
         for path, problem in inputs[at : at + window]:
             start = time.perf_counter()
             if problem is None:
                 try:
-                    images.append(rec.preprocess(_stdin_bytes() if path == STDIN else path))
+                    image, warned = rec.prepare(_stdin_bytes() if path == STDIN else path)
+                    images.append(image)
+                    warnings.append(warned)
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                     problem = _reason(e)
             if problem is not None:
@@ -111,7 +113,8 @@ def _recognize(args: argparse.Namespace) -> int:
             r, ms = results[found], spent[found]
             if args.json:
                 record = {"path": path, "latex": r.latex, "output": formatted(r.tokens, args.format),
-                          "score": round(r.score, 4), "confidence": r.confidence, "ms": round(r.ms + ms, 1)}
+                          "score": round(r.score, 4), "confidence": r.confidence, "ms": round(r.ms + ms, 1),
+                          **({"warnings": warnings[found]} if warnings[found] else {})}
                 if args.n_best > 1:
                     record["alternatives"] = [{"latex": a.latex, "output": formatted(a.tokens, args.format),
                                                "score": round(a.score, 4), "confidence": a.confidence}
@@ -119,6 +122,8 @@ def _recognize(args: argparse.Namespace) -> int:
                 print(json.dumps(record, ensure_ascii=False))
             else:
                 print("\t".join([path, *(formatted(a.tokens, args.format) for a in r.alternatives)]))
+                for warning in warnings[found]:
+                    print(f"{path}: warning: {warning}", file=sys.stderr)
         sys.stdout.flush()
     return 1 if failed else 0
 
@@ -263,7 +268,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                            help="image, .inkml file or folder (searched recursively); - reads one from standard input")
     _model_options(recognize, batch_size=8)
     recognize.add_argument("--json", action="store_true",
-                           help="one JSON object per line: path, latex, score, confidence, ms (and alternatives)")
+                           help="one JSON object per line: path, latex, score, confidence, ms (and alternatives, warnings)")
     recognize.add_argument("--format", choices=FORMATS, default="tokens",
                            help="tokens: canonical, space-separated (default); latex: compact (x^{2}+1); mathml")
     recognize.add_argument("--n-best", type=positive_int, default=1, metavar="K",

@@ -25,7 +25,7 @@ from maskmatch.calibration import confidence
 from maskmatch.data.batching import collate
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
-from maskmatch.data.bitmap import normalize_bitmap
+from maskmatch.data.bitmap import THICK_PEN, read_bitmap
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
@@ -64,6 +64,7 @@ class Recognition:
     # held-out slice (`maskmatch calibrate`, calibration.py); None when the model has not been calibrated
     alternatives: list[Alternative] = field(default_factory=list)  # the n best (n_best), best first; the first is
     # this answer
+    warnings: list[str] = field(default_factory=list)  # what in the input makes this answer less sure (`prepare`)
 
 
 class Recognizer:
@@ -158,21 +159,27 @@ class Recognizer:
 
     def preprocess(self, x: Any) -> np.ndarray:
         """Any supported input -> normalized uint8 image (H, W), ink 255 on 0, as the model was trained on."""
-        if isinstance(x, (str, Path)):
-            if Path(x).suffix.lower() == ".inkml":
-                return render_strokes(read_inkml(x).strokes, self.render)
-            return normalize_bitmap(load_image(x), self.render)
-        if isinstance(x, (bytes, bytearray)):
-            if bytes(x[:256]).lstrip().startswith(b"<"):  # XML: InkML
-                return render_strokes(read_inkml(bytes(x)).strokes, self.render)
-            return normalize_bitmap(load_image(bytes(x)), self.render)
+        return self.prepare(x)[0]
+
+    def prepare(self, x: Any) -> tuple[np.ndarray, list[str]]:
+        """`preprocess`, and warnings about the input (a picture's pen thick for its writing: THICK_PEN)."""
+        if isinstance(x, (str, Path)) and Path(x).suffix.lower() == ".inkml":
+            return render_strokes(read_inkml(x).strokes, self.render), []
+        if isinstance(x, (bytes, bytearray)) and bytes(x[:256]).lstrip().startswith(b"<"):  # XML: InkML
+            return render_strokes(read_inkml(bytes(x)).strokes, self.render), []
         if isinstance(x, Ink):
-            return render_strokes(x.strokes, self.render)
-        if isinstance(x, (Image.Image, np.ndarray)):
-            return normalize_bitmap(x, self.render)
+            return render_strokes(x.strokes, self.render), []
         if isinstance(x, (list, tuple)):
-            return render_strokes(_strokes(x), self.render)
-        raise ValueError(f"cannot recognize a {type(x).__name__}: pass a path, an image, an array or strokes")
+            return render_strokes(_strokes(x), self.render), []
+        if isinstance(x, (str, Path, bytes, bytearray)):
+            x = load_image(x if isinstance(x, (str, Path)) else bytes(x))
+        if not isinstance(x, (Image.Image, np.ndarray)):
+            raise ValueError(f"cannot recognize a {type(x).__name__}: pass a path, an image, an array or strokes")
+        image, pen = read_bitmap(x, self.render)
+        if pen < THICK_PEN:
+            return image, []
+        return image, [f"the pen is thick for the writing's size ({pen:.2f} of a symbol): neighbouring strokes may "
+                       "merge; write larger or with a thinner pen"]
 
     # ------------------------------------------------------------ recognition
 
@@ -185,14 +192,16 @@ class Recognizer:
     def recognize_batch(self, xs: list[Any], beam_size: int = 10, attention: bool = False,
                         n_best: int = 1) -> list[Recognition]:
         """Inputs -> Recognitions in order, decoded as one padded batch; the first bad input raises ValueError."""
-        images, spent = [], []
+        images, warnings, spent = [], [], []
         for x in xs:
             start = time.perf_counter()
-            images.append(self.preprocess(x))
+            image, warned = self.prepare(x)
+            images.append(image)
+            warnings.append(warned)
             spent.append(time.perf_counter() - start)
         results = self.decode(images, beam_size, attention, n_best)
-        for r, s in zip(results, spent):
-            r.ms = round(r.ms + 1000 * s, 2)
+        for r, w, s in zip(results, warnings, spent):
+            r.ms, r.warnings = round(r.ms + 1000 * s, 2), w
         return results
 
     def decode(self, images: list[np.ndarray], beam_size: int = 10, attention: bool = False,

@@ -1,10 +1,11 @@
 """The app factory: the page, its static files, KaTeX (vendored), and the JSON API.
 
     POST /api/recognize  JSON strokes or a multipart image -> {"latex", "tokens", "mathml", "score",
-                         "confidence", "alternatives", "ms"}
+                         "confidence", "alternatives", "warnings", "ms"}
     GET  /api/health     -> {"status": "ok", ...}
 "confidence" is 0-1 (calibration.py) or null for an uncalibrated model; "alternatives" lists up to 5 of the
-beam's answers, best first (the first is the answer), each {"latex", "tokens", "mathml", "score", "confidence"}.
+beam's answers, best first (the first is the answer), each {"latex", "tokens", "mathml", "score", "confidence"};
+"warnings" lists what in the input makes the answer less sure (Recognizer.prepare: a pen thick for the writing).
 With "attention": true (a JSON field, form field or query parameter) the answer also has "attention":
 {"rows": h, "cols": w, "maps": one list of h*w weights (row-major) per token, "grid": {"x", "y", "cell"}}: the
 feature grid's top-left corner and cell side in the strokes' own coordinates; for an image, in the pixels of
@@ -77,17 +78,17 @@ def create_app(recognizer: Recognizer, *, beam_size: int = 10, workers: int = 1,
     def recognize(job: Job) -> dict:
         """Runs on an inference thread."""
         start = time.perf_counter()
-        placement = None  # strokes: the InkML training renderer, with where it drew them; images: normalize_bitmap
+        placement, warnings = None, []  # strokes: the InkML training renderer, with where it drew them
         if job.is_strokes:
             image, placement = place_strokes(job.x, recognizer.render)
         else:
-            image = recognizer.preprocess(job.x)
+            image, warnings = recognizer.prepare(job.x)
         r = recognizer.decode([image], job.beam, attention=job.attention, n_best=min(ALTERNATIVES, job.beam))[0]
         out = {"latex": r.latex, "tokens": r.tokens, "mathml": mathml(r.tokens), "score": round(r.score, 4),
                "confidence": r.confidence,
                "alternatives": [{"latex": a.latex, "tokens": a.tokens, "mathml": mathml(a.tokens),
                                  "score": round(a.score, 4), "confidence": a.confidence} for a in r.alternatives],
-               "ms": round(1000 * (time.perf_counter() - start), 1)}
+               "warnings": warnings, "ms": round(1000 * (time.perf_counter() - start), 1)}
         if job.attention:
             out["attention"] = attention_payload(r.attention, image, placement, stride)
         return out

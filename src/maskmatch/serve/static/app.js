@@ -136,7 +136,7 @@ async function send(body, type) {
       return;
     }
     setResult(answer);
-    status("");
+    status((answer.warnings || []).join("; "), Boolean(answer.warnings && answer.warnings.length));
   } catch (err) {
     if (err.name !== "AbortError" && mine === sequence) status(`no answer from the server (${err.message})`, true);
   }

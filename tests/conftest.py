@@ -24,6 +24,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def no_shipped_model(monkeypatch):
+    """A broken install: the package holds neither its weights nor an ensemble file."""
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")
+    monkeypatch.setattr("maskmatch.recognizer.SHIPPED_ENSEMBLE", "no-such-ensemble.json")
+
+
 @pytest.fixture(scope="session")
 def crohme_archive() -> Path:
     if not ARCHIVE.is_file():

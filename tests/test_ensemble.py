@@ -125,8 +125,25 @@ def test_shipping_an_ensemble_then_one_model_leaves_what_was_shipped_last(weight
                                                         "model.json", "model.safetensors"]
     _, record = read_ensemble(shipped)
     assert record["metrics"]["test"]["2014"]["beam"]["exprate"] == 50.0 and record["command"] == "maskmatch ensemble ..."
+    manifest = Recognizer.load(shipped, "cpu").manifest  # the first member's training command, and the ensemble's
+    assert manifest["command"] == "test" and manifest["ensemble_command"] == "maskmatch ensemble ..."
     assert ship(weights["b"], scores, "maskmatch results ...", assets) == assets / "model.safetensors"
     assert sorted(p.name for p in assets.iterdir()) == ["model.json", "model.safetensors"]
+    ship(assets / "model.safetensors", scores, "maskmatch results ... again", assets)  # the shipped one, again
+    assert read_manifest(assets / "model.safetensors")["results_command"] == "maskmatch results ... again"
+
+
+def test_a_reordered_ensemble_made_over_itself_keeps_both_models(weights, tmp_path):
+    """Members copied onto each other's files (the second first, in the same folder) are read before any is
+    overwritten; a model given twice is refused."""
+    folder = tmp_path / "pair"
+    make_ensemble([weights["a"], weights["b"]], folder, {})
+    make_ensemble([folder / "model-2.safetensors", folder / "model.safetensors"], folder, {})
+    members, _ = read_ensemble(folder / "ensemble.json")
+    assert [read_manifest(m)["weights"]["sha256"] for m in members] == [
+        read_manifest(weights[k])["weights"]["sha256"] for k in ("b", "a")]
+    with pytest.raises(ValueError, match="given twice"):
+        make_ensemble([weights["a"], weights["a"]], tmp_path / "twice", {})
 
 
 def test_export_of_an_ensemble_writes_its_first_member(weights, tmp_path, capsys):

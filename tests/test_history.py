@@ -60,6 +60,8 @@ def test_an_ensemble_counts_each_run_of_its_members_chains_once(tmp_path):
     text = markdown(entries, "maskmatch history")
     assert "| 4 | " in text and "| yes | ensemble of #2 + #3 | - | - | 7.0 | 45.00 | - / 40.00 |" in text
     assert "| 5 | dddddddd | yes | #2 (bbbbbbbb) |" in text
+    entries = add(history, members[1], shipped=False)  # a member added again stays before its ensemble
+    assert [e["sha256"][0] for e in entries[:3]] == ["a", "b", "c"] and cumulative_hours(entries)[3] == 7.0
 
 
 def test_shipping_again_replaces_the_entry(tmp_path):

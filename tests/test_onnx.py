@@ -13,10 +13,12 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from maskmatch.cli import main  # noqa: E402
-from maskmatch.recognizer import Recognizer  # noqa: E402
+from maskmatch.recognizer import SHIPPED, Recognizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLES = Path(str(resources.files("maskmatch").joinpath("assets", "examples")))
+WEIGHTS = Path(str(resources.files("maskmatch").joinpath("assets", SHIPPED)))  # exported: one model, or the
+# shipped ensemble's first member
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_export_writes_graphs_and_a_checked_manifest(export):
 
 def test_onnx_runtime_answers_as_torch_on_every_example(export):
     images = sorted((EXAMPLES / "img").glob("*.png"))
-    torch_rec, onnx_rec = Recognizer.load(), Recognizer.load(export, runtime="onnx")
+    torch_rec, onnx_rec = Recognizer.load(WEIGHTS), Recognizer.load(export, runtime="onnx")
     for beam in (1, 5):  # a padded batch of different sizes, greedy and beam
         ours = onnx_rec.recognize_batch(images, beam_size=beam, n_best=2 if beam > 1 else 1)
         theirs = torch_rec.recognize_batch(images, beam_size=beam, n_best=2 if beam > 1 else 1)

@@ -195,11 +195,9 @@ def test_a_pen_thick_for_the_writing_is_warned_about(recognizer, model_path, tmp
     assert "pen is thick" in json.loads(capsys.readouterr().out)["warnings"][0]
 
 
-def test_beam_size_below_one_and_missing_shipped_weights(recognizer, monkeypatch):
+def test_beam_size_below_one_and_missing_shipped_weights(recognizer, no_shipped_model):
     with pytest.raises(ValueError, match="beam_size"):
         recognizer.recognize(CROSS, beam_size=0)
-    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")  # a broken install
-    monkeypatch.setattr("maskmatch.recognizer.SHIPPED_ENSEMBLE", "no-such-ensemble.json")
     with pytest.raises(ValueError, match="no shipped weights in this version; pass a model path"):
         Recognizer.load()
 
@@ -278,8 +276,7 @@ def test_recognize_folder_recursively(model_path, tmp_path, files, capsys):
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(tmp_path / "a.inkml"), str(tmp_path / "sub" / "b.PNG")]
 
 
-def test_recognize_without_model_is_a_user_error(capsys, monkeypatch):
-    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")
+def test_recognize_without_model_is_a_user_error(capsys, no_shipped_model):
     assert main(["recognize", "anything.png"]) == 2
     assert capsys.readouterr().err.strip() == "maskmatch: error: no shipped weights in this version; pass a model path (--model)"
 

@@ -271,8 +271,7 @@ def test_katex_is_vendored_in_the_package(recognizer, monkeypatch):
 # ---------------------------------------------------------------- the commands
 
 
-def test_serve_without_weights_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr("maskmatch.recognizer.SHIPPED", "no-such-weights.safetensors")
+def test_serve_without_weights_is_one_line(no_shipped_model, capsys):
     assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no shipped weights" in err and "--model" in err

@@ -14,6 +14,7 @@ Whatever else the file holds (validation and test scores, calibration, the comma
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def read_ensemble(path: str | Path) -> tuple[list[Path], dict]:
     if (not isinstance(members, list) or len(members) < 2
             or not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in members)):
         raise ValueError(f"{path}: 'members' must list at least two {{file, sha256}} entries")
+    if len({m.get("sha256") for m in members}) < len(members):
+        raise ValueError(f"{path}: a model is listed twice; an ensemble's members are different models")
     paths = []
     for m in members:
         member = path.parent / m["file"]
@@ -66,22 +69,43 @@ def read_ensemble(path: str | Path) -> tuple[list[Path], dict]:
 
 def make_ensemble(models: list[Path], out: Path, extra: dict) -> Path:
     """Copies the models (weights and manifests) into folder `out` as its members, first as model.safetensors,
-    and writes `out`/ensemble.json with `extra` (scores, commands); returns its path."""
+    and writes `out`/ensemble.json with `extra` (scores, commands); returns its path. Members of a larger
+    ensemble that `out` held before are removed."""
     if len(models) < 2:
         raise ValueError(f"an ensemble needs at least two models, got {len(models)}")
     if set(extra) & set(RESERVED):
         raise ValueError(f"ensemble keys {sorted(set(extra) & set(RESERVED))} are written by make_ensemble itself")
     manifests = [read_manifest(m) for m in models]
+    shas = [m["weights"]["sha256"] for m in manifests]
+    if len(set(shas)) < len(shas):
+        raise ValueError("a model is given twice; an ensemble's members are different models")
     out.mkdir(parents=True, exist_ok=True)
+    # all copies first under temporary names, then renamed: a source may be another member's target (a reordered
+    # ensemble shipped again), and no source is overwritten before it has been read
+    staged = []
     for i, model in enumerate(models):
-        target = out / member_name(i)
-        if Path(model).resolve() != target.resolve():
-            shutil.copyfile(model, target)
-            shutil.copyfile(manifest_path(model), manifest_path(target))
-    members = [{"file": member_name(i), "sha256": m["weights"]["sha256"]} for i, m in enumerate(manifests)]
+        for source, target in ((Path(model), out / member_name(i)), (manifest_path(model), manifest_path(out / member_name(i)))):
+            temporary = out / f".{target.name}.staged"
+            shutil.copyfile(source, temporary)
+            staged.append((temporary, target))
+    for temporary, target in staged:
+        os.replace(temporary, target)
+    remove_members(out, len(models))
+    members = [{"file": member_name(i), "sha256": sha} for i, sha in enumerate(shas)]
     path = out / NAME
     write_ensemble(path, {"format": FORMAT, "format_version": FORMAT_VERSION, "members": members, **extra})
     return path
+
+
+def remove_members(folder: Path, keep: int) -> None:
+    """Removes from `folder` the member files beyond the first `keep` (model-N.*), and its ensemble file when
+    fewer than two are kept: what a smaller ensemble, or one model, shipped over a larger one leaves behind."""
+    for path in [*folder.glob("model-*.safetensors"), *folder.glob("model-*.json")]:
+        number = path.stem.removeprefix("model-")
+        if number.isdigit() and int(number) > keep:
+            path.unlink(missing_ok=True)
+    if keep < 2:
+        (folder / NAME).unlink(missing_ok=True)
 
 
 def write_ensemble(path: str | Path, record: dict) -> None:

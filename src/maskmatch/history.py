@@ -109,9 +109,15 @@ def add_ensemble(history: Path, record: dict, members: list[dict]) -> list[dict]
 
 
 def _add(history: Path, new: list[dict]) -> list[dict]:
+    """Entries replace those of the same sha256 where they stand (an ensemble's row must stay after its members'),
+    or are appended."""
     entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
-    shas = {e["sha256"] for e in new}
-    entries = [e for e in entries if e["sha256"] not in shas] + new
+    at = {e["sha256"]: i for i, e in enumerate(entries)}
+    for e in new:
+        if e["sha256"] in at:
+            entries[at[e["sha256"]]] = e
+        else:
+            entries.append(e)
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text(json.dumps(entries, indent=1) + "\n", "utf-8")
     return entries
@@ -123,7 +129,8 @@ def markdown(entries: list[dict], command: str) -> str:
     lines = ["# Training history", "", f"Written by `{command}` from the models' manifests "
              "(results/history.json); do not edit by hand.", "",
              "Each row is a run's model, in order: shipped, or kept out (another run's model was shipped instead, "
-             "or it did not beat the shipped one on validation; its CPU-hours then count for no later model), or an "
+             "or it did not beat the shipped one on validation; its CPU-hours then count for no later model unless it "
+             "joins an ensemble), or an "
              "ensemble of earlier rows' models, decoded as one (its CPU-hours: its members' chains). "
              "Validation: the run's own, EMA greedy on the held-out slice (an ensemble's: `maskmatch ensemble`'s, "
              "greedy with the grammar, as `maskmatch validate`). Test ExpRate (%) greedy / beam 10.", "",

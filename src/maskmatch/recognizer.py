@@ -107,7 +107,8 @@ class Recognizer:
             if len(path) > 1:
                 return cls._ensemble(list(path), device, constrained, runtime)
             path = path[0] if path else None
-        path = shipped_model() if path is None else path
+        if path is None and runtime != "onnx":
+            path = shipped_model()
         if is_ensemble_file(path):
             members, record = read_ensemble(path)
             return cls._ensemble(members, device, constrained, runtime, record)
@@ -140,13 +141,15 @@ class Recognizer:
                 raise ValueError(f"{p}: its vocabulary is not {paths[0]}'s; an ensemble needs one vocabulary")
             if render_config(other) != render_config(manifest):
                 raise ValueError(f"{p}: rendered at another scale than {paths[0]}; an ensemble needs one scale")
-        # the first member's manifest (config, preprocessing, training) less what describes it alone (its scores and
-        # calibration), then the ensemble file's record (the ensemble's scores and calibration, its commands)
+        # the first member's manifest (config, preprocessing, training and its command) less what describes its
+        # weights alone (their file, scores and calibration), then the ensemble file's scores and calibration
         manifest = {k: v for k, v in manifest.items() if k not in ("calibration", "metrics", "results_command")}
-        parameters = sum(m["weights"].get("parameters", 0) for _, m in loaded)
-        manifest.update({**{k: v for k, v in (record or {}).items() if k not in ENSEMBLE_KEYS},
-                         "weights": {**manifest["weights"], "parameters": parameters},
-                         "ensemble": [str(p) for p in paths]})
+        record = {k: v for k, v in (record or {}).items() if k not in ENSEMBLE_KEYS}
+        if "command" in record:
+            record["ensemble_command"] = record.pop("command")
+        manifest.update(record, ensemble=[str(p) for p in paths],
+                        weights={"parameters": sum(m["weights"].get("parameters", 0) for _, m in loaded),
+                                 "members": [m["weights"] for _, m in loaded]})
         return cls(Ensemble([m for m, _ in loaded]), manifest_vocabulary(manifest), render_config(manifest),
                    manifest, device, constrained)
 

@@ -128,7 +128,7 @@ def ship(model: Path, scores: dict, command: str, assets: Path | None = None) ->
     with the test scores and this command added to its manifest: weights as model.safetensors (+ .json), an
     ensemble file as ensemble.json with its members (model.safetensors, model-2.safetensors, ...). What an earlier
     ship left there and this one does not replace is removed. Returns the shipped weights or ensemble file."""
-    from maskmatch.ensemble_file import NAME, RESERVED, is_ensemble_file, make_ensemble, member_name, read_ensemble
+    from maskmatch.ensemble_file import RESERVED, is_ensemble_file, make_ensemble, read_ensemble, remove_members
     from maskmatch.recognizer import SHIPPED
     from maskmatch.weights import read_manifest, write_manifest
 
@@ -139,18 +139,16 @@ def ship(model: Path, scores: dict, command: str, assets: Path | None = None) ->
         members, record = read_ensemble(model)
         extra = {k: v for k, v in record.items() if k not in RESERVED}
         extra.update(metrics={**(record.get("metrics") or {}), "test": test}, results_command=command)
-        shipped, kept = make_ensemble(members, assets, extra), {NAME} | {member_name(i) for i in range(len(members))}
-    else:
-        manifest = read_manifest(model)
-        manifest.setdefault("metrics", {})["test"] = test
-        manifest["results_command"] = command
-        shipped, kept = assets / SHIPPED, {SHIPPED}
-        assets.mkdir(parents=True, exist_ok=True)
+        return make_ensemble(members, assets, extra)
+    manifest = read_manifest(model)
+    manifest.setdefault("metrics", {})["test"] = test
+    manifest["results_command"] = command
+    shipped = assets / SHIPPED
+    assets.mkdir(parents=True, exist_ok=True)
+    if not shipped.exists() or not shipped.samefile(model):
         shutil.copyfile(model, shipped)
-        write_manifest(shipped, manifest)
-    for stale in [assets / NAME, *assets.glob("model-*.safetensors"), *assets.glob("model-*.json")]:
-        if stale.name not in kept and stale.with_suffix(".safetensors").name not in kept:
-            stale.unlink(missing_ok=True)
+    write_manifest(shipped, manifest)
+    remove_members(assets, 1)
     return shipped
 
 

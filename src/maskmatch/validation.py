@@ -43,13 +43,13 @@ def held_out_slice(rec, root: Path) -> tuple[list, list[list[str]]]:
     from maskmatch.data.loading import held_out_split, open_split
     from maskmatch.data.render import RenderConfig
 
-    data = ((rec.manifest.get("training") or {}).get("config") or {}).get("data") or {}
-    cache = open_split(root, data.get("train_split", "train"))
+    split, val_size, val_seed = _held_out(rec.manifest)
+    cache = open_split(root, split)
     if tuple(cache.vocabulary) != rec.vocabulary.symbols:
         raise UserError(f"{root}: its vocabulary is not the model's")
     if RenderConfig(**cache.render_config) != rec.render:
         raise UserError(f"{root}: rendered at another scale than the model's; give the data it was trained on")
-    _, val = held_out_split(len(cache), int(data.get("val_size", 300)), int(data.get("val_seed", 0)), cache.expressions)
+    _, val = held_out_split(len(cache), val_size, val_seed, cache.expressions)
     images = [cache[int(i)][0] for i in val]
     return images, [canonical(rec.vocabulary.decode(cache[int(i)][1].tolist())) for i in val]
 
@@ -169,11 +169,21 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from maskmatch.ensemble_file import make_ensemble
+    from maskmatch.ensemble_file import is_ensemble_file, make_ensemble
     from maskmatch.recognizer import Recognizer
+    from maskmatch.weights import read_manifest
 
     if len(args.models) < 2:
         raise UserError(f"an ensemble needs at least two models, got {len(args.models)}")
+    if any(is_ensemble_file(p) for p in args.models):
+        raise UserError("an ensemble file cannot be a member of an ensemble: give its members' weights")
+    try:
+        slices = {p: _held_out(read_manifest(p)) for p in args.models}
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if len(set(slices.values())) > 1:  # the ensemble is scored on the first one's slice, each member on its own
+        raise UserError("the models were selected on different held-out slices (data.train_split, val_size, "
+                        f"val_seed: {', '.join(f'{p} {v}' for p, v in slices.items())})")
     scores = []
     try:
         for paths in [[p] for p in args.models] + [args.models]:
@@ -190,7 +200,16 @@ def _ensemble(args: argparse.Namespace) -> int:
     best = max(scores[:-1])
     print(f"wrote {written}; the ensemble is {'better' if scores[-1] > best else 'not better'} than its best member "
           "on validation")
+    if scores[0] < best:
+        print(f"note: the first model is not the best alone ({scores[0]:.2f}% against {best:.2f}%); it is the "
+              "ensemble's model.safetensors, what continuations and export start from")
     return 0
+
+
+def _held_out(manifest: dict) -> tuple:
+    """The held-out slice a model was selected on: its training data's split, val_size and val_seed."""
+    data = ((manifest.get("training") or {}).get("config") or {}).get("data") or {}
+    return data.get("train_split", "train"), int(data.get("val_size", 300)), int(data.get("val_seed", 0))
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -27,7 +27,7 @@ from maskmatch.errors import UserError
 from maskmatch.finetune.config import OptimConfig
 from maskmatch.finetune.module import ema_model
 from maskmatch.recognizer import Recognizer
-from maskmatch.weights import load_weights, read_manifest
+from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
 EPOCHS, STEPS_PER_EPOCH = 4, 10  # the tiny preset on 40 training images (+ 8 held out), 4 per batch
 
@@ -378,8 +378,14 @@ def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_p
     assert all(torch.equal(v, alone[k]) for k, v in load_weights(soup)[0].state_dict().items())
     assert main(["validate", str(model), str(soup), "--ensemble", "--data", str(data_root)]) == 0
     assert f"{model} + {soup}\tvalidation ExpRate" in capsys.readouterr().out
+    other, manifest = load_weights(model)  # a second member: the model nudged (the soup above is the model itself)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    second = tmp_path / "other.safetensors"
+    save_weights(second, other, {k: manifest[k] for k in ("command", "training")}, manifest_vocabulary(manifest),
+                 render_config(manifest))
     folder = tmp_path / "ensemble"  # an ensemble file: validated members, copied beside it, calibrated as one
-    assert main(["ensemble", str(model), str(soup), "--data", str(data_root), "--out", str(folder)]) == 0
+    assert main(["ensemble", str(model), str(second), "--data", str(data_root), "--out", str(folder)]) == 0
     assert "the ensemble is" in capsys.readouterr().out
     assert main(["calibrate", "--model", str(folder / "ensemble.json"), "--data", str(data_root),
                  "--out", str(tmp_path), "--beam", "2"]) == 0

@@ -13,13 +13,11 @@ Whatever else the file holds (validation and test scores, calibration, the comma
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from maskmatch.files import write_atomic
-from maskmatch.weights import manifest_path, read_manifest
+from maskmatch.weights import manifest_path, read_format, read_manifest, write_json
 
 FORMAT = "maskmatch-ensemble"
 FORMAT_VERSION = 1
@@ -40,16 +38,8 @@ def member_name(i: int) -> str:
 def read_ensemble(path: str | Path) -> tuple[list[Path], dict]:
     """(the members' weights paths, the whole record) of an ensemble file; ValueError names what is wrong."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text("utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the ensemble file ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: the ensemble file is not valid JSON ({e})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a maskmatch ensemble file (weights files end in .safetensors)")
-    if record.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {record.get('format_version')}, this maskmatch reads {FORMAT_VERSION}")
+    record = read_format(path, "the ensemble file", FORMAT, FORMAT_VERSION,
+                         "not a maskmatch ensemble file (weights files end in .safetensors)")
     members = record.get("members")
     if (not isinstance(members, list) or len(members) < 2
             or not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in members)):
@@ -110,5 +100,4 @@ def remove_members(folder: Path, keep: int) -> None:
 
 def write_ensemble(path: str | Path, record: dict) -> None:
     """Rewrites an ensemble file (atomically): for callers that add to it (test scores, calibration)."""
-    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
-    write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+    write_json(Path(path), record)

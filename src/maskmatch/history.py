@@ -97,21 +97,24 @@ def cumulative_hours(entries: list[dict]) -> list[float | None]:
 
 def add(history: Path, manifest: dict, shipped: bool = True) -> list[dict]:
     """Adds (or replaces, by sha256) the manifest's entry in the history file; returns all entries."""
-    return _add(history, [entry(manifest, shipped)])
+    return _add(history, _read(history), [entry(manifest, shipped)])
 
 
 def add_ensemble(history: Path, record: dict, members: list[dict]) -> list[dict]:
     """Adds a shipped ensemble's entry, after those of its members that the history lacks (not shipped alone)."""
-    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
+    entries = _read(history)
     known = {e["sha256"] for e in entries}
     new = [entry(m, shipped=False) for m in members if m["weights"]["sha256"] not in known]
-    return _add(history, new + [ensemble_entry(record, members)])
+    return _add(history, entries, new + [ensemble_entry(record, members)])
 
 
-def _add(history: Path, new: list[dict]) -> list[dict]:
+def _read(history: Path) -> list[dict]:
+    return json.loads(history.read_text("utf-8")) if history.is_file() else []
+
+
+def _add(history: Path, entries: list[dict], new: list[dict]) -> list[dict]:
     """Entries replace those of the same sha256 where they stand (an ensemble's row must stay after its members'),
     or are appended."""
-    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
     at = {e["sha256"]: i for i, e in enumerate(entries)}
     for e in new:
         if e["sha256"] in at:
@@ -190,7 +193,7 @@ def _history(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     history = out / "history.json"
-    entries = json.loads(history.read_text("utf-8")) if history.is_file() else []
+    entries = _read(history)
     for path in args.manifests:
         try:
             entries = add(history, read_manifest(Path(path)), shipped=not args.not_shipped)

@@ -124,8 +124,7 @@ def _save(path, model: HMERModel, state: dict, manifest: dict | None, vocabulary
 def write_manifest(path: str | Path, manifest: dict) -> None:
     """Rewrites the manifest beside weights file `path` (atomically): for callers that add to it (test scores,
     calibration); the weights and their sha256 are untouched."""
-    text = _manifest_text(manifest)
-    write_atomic(manifest_path(path), lambda f: f.write(text.encode("utf-8")))
+    write_json(manifest_path(path), manifest)
 
 
 def _manifest_text(manifest: dict) -> str:
@@ -240,16 +239,7 @@ def read_manifest(path: str | Path) -> dict:
     where = manifest_path(path)
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such weights file")
-    try:
-        manifest = json.loads(where.read_text("utf-8"))
-    except OSError as e:
-        raise ValueError(f"{where}: cannot read the manifest ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: the manifest is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{where}: not a maskmatch weights manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{where}: format version {manifest.get('format_version')}, this maskmatch reads {FORMAT_VERSION}")
+    manifest = read_format(where, "the manifest", FORMAT, FORMAT_VERSION, "not a maskmatch weights manifest")
     missing = [k for k in RESERVED if k not in manifest]
     if missing or not isinstance(manifest["weights"], dict):
         raise ValueError(f"{where}: the manifest lacks {missing or ['weights']}")
@@ -258,6 +248,28 @@ def read_manifest(path: str | Path) -> dict:
         raise ValueError(f"{where}: {len(vocabulary)} vocabulary symbols for a model of vocab_size {config.vocab_size}")
     render_config(manifest)
     return manifest
+
+
+def read_format(path: Path, what: str, format: str, version: int, other: str) -> dict:
+    """The JSON object in `path` whose "format" is `format` at `version` (a manifest, an ensemble file); ValueError
+    names what is wrong (`other`: the message for another kind of file)."""
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: {what} is not valid JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != format:
+        raise ValueError(f"{path}: {other}")
+    if record.get("format_version") != version:
+        raise ValueError(f"{path}: format version {record.get('format_version')}, this maskmatch reads {version}")
+    return record
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Writes a JSON record (a manifest, an ensemble file) atomically."""
+    text = _manifest_text(record)
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def model_config(manifest: dict) -> ModelConfig:

@@ -103,7 +103,8 @@ class OnnxCache:
         return self.memory.device
 
     def reorder(self, rows: torch.Tensor, group: int | None = None) -> None:
-        self.past, self.group = None if self.past is None else self.past[rows], group or self.group
+        self.past = None if self.past is None else self.past.index_select(0, rows)  # faster than [rows] on the CPU
+        self.group = group or self.group
 
     def repeat_interleave(self, k: int) -> "OnnxCache":
         past = None if self.past is None else self.past.repeat_interleave(k, dim=0)
@@ -111,13 +112,13 @@ class OnnxCache:
 
     def select(self, entries: torch.Tensor) -> "OnnxCache":
         rows = (entries[:, None] * self.group + torch.arange(self.group)).flatten()
-        return OnnxCache(self.memory[entries], self.attend[entries], None if self.past is None else self.past[rows],
-                         self.group)
+        return OnnxCache(self.memory.index_select(0, entries), self.attend.index_select(0, entries),
+                         None if self.past is None else self.past.index_select(0, rows), self.group)
 
     def for_entries(self, owners: list[int]) -> "OnnxCache":
         entries, group = entry_runs(owners)
         index = torch.tensor(entries, dtype=torch.long)
-        return OnnxCache(self.memory[index], self.attend[index], None, group)
+        return OnnxCache(self.memory.index_select(0, index), self.attend.index_select(0, index), None, group)
 
 
 class OnnxDecoder:

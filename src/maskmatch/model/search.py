@@ -104,6 +104,25 @@ def cached_sequence_logprob(decoder: Decoder, cache: DecoderCache, ids: list[lis
 
 
 @torch.inference_mode()
+def r2l_logprob(decoder: Decoder, memory: DecoderCache, owners: list[int], ids: list[list[int]]) -> torch.Tensor:
+    """The r2l log-prob of ids[m] over memory entry owners[m] of `memory` (M,). The images with the same number of
+    rows are scored in one call, each image's rows grouped on its memory (`DecoderCache.group`): a memory is read
+    where it is, never copied once per row (which made the rescoring the peak of a recognize process's memory)."""
+    runs: dict[int, list[int]] = {}  # image -> its rows
+    for m, b in enumerate(owners):
+        runs.setdefault(b, []).append(m)
+    by_size: dict[int, list[int]] = {}  # rows per image -> those images
+    for b, rows in runs.items():
+        by_size.setdefault(len(rows), []).append(b)
+    out = torch.empty(len(owners), device=memory.device)
+    for images in by_size.values():
+        rows = [m for b in images for m in runs[b]]
+        cache = memory.for_entries([owners[m] for m in rows])  # equal runs: one memory entry per image
+        out[rows] = cached_sequence_logprob(decoder, cache, [ids[m] for m in rows], "r2l")
+    return out
+
+
+@torch.inference_mode()
 def r2l_logprob_of_contenders(decoder: Decoder, memory: DecoderCache, owner: list[int], ids: list[list[int]],
                               total: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """The r2l log-prob of each candidate that can still win its image (M,), -inf for the others.
@@ -122,8 +141,7 @@ def r2l_logprob_of_contenders(decoder: Decoder, memory: DecoderCache, owner: lis
 
     def score(rows: list[int]) -> None:
         if rows:
-            cache = memory.for_entries([owner[m] for m in rows])
-            r2l[rows] = cached_sequence_logprob(decoder, cache, [ids[m] for m in rows], "r2l")
+            r2l[rows] = r2l_logprob(decoder, memory, [owner[m] for m in rows], [ids[m] for m in rows])
 
     score(sorted(first.values()))
     best = ((total + r2l) / steps).tolist()
@@ -213,7 +231,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, feature_mask: torch.Te
     total = torch.tensor([entry[1] for pool in pools for entry in pool], device=device)  # (M,)
     steps = torch.tensor([len(s) + 1 for s in ids], dtype=torch.float, device=device) ** length_penalty  # (M,)
     if rescore and ids and n_best:  # every candidate ranked: each is rescored
-        total = total + cached_sequence_logprob(decoder, memory.for_entries(owner), ids, "r2l")
+        total = total + r2l_logprob(decoder, memory, owner, ids)
     elif rescore and ids:
         total = total + r2l_logprob_of_contenders(decoder, memory, owner, ids, total, steps)
     final = (total / steps).tolist()

@@ -10,7 +10,7 @@ from conftest import glyph
 from maskmatch.data.vocab import EOS, PAD, SOS
 from maskmatch.model import HMERModel, ModelConfig, bidirectional_targets, search
 from maskmatch.model.config import STRIDE
-from maskmatch.model.encoder import Encoder
+from maskmatch.model.encoder import Encoder, fold_batchnorms
 
 SEQUENCES = [[5, 9, 14], [20, 5, 33, 9], [41, 14, 14, 52, 20], [60, 33, 5, 71, 9, 41]]  # token ids, lengths 3-6
 SIZES = [(32, 40), (32, 52), (40, 60), (32, 64)]  # (H, W) of each image
@@ -116,6 +116,25 @@ def test_resnet_features_do_not_depend_on_padding():
         alone, _ = encoder(image, torch.zeros(1, 37, 83, dtype=torch.bool))
         inside, _ = encoder(padded, mask)
     assert torch.allclose(alone[0], inside[0, :3, :6], atol=1e-5)  # ceil(37/16), ceil(83/16) cells
+
+
+def test_folded_batchnorms_compute_the_same_features():
+    """Recognizer.load folds each ResNet BatchNorm into its convolution: the features stay those of the model
+    trained, with its running statistics and affine (set away from their defaults here), and no BatchNorm is left."""
+    torch.manual_seed(1)
+    encoder = Encoder(ModelConfig.tiny(**RESNET))
+    for bn in (m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.data.normal_()
+        bn.running_var.data.uniform_(0.5, 2.0)
+    encoder.eval()
+    images, mask = torch.rand(2, 1, 37, 83), torch.zeros(2, 37, 83, dtype=torch.bool)
+    mask[1, 20:, 50:] = True
+    with torch.no_grad():
+        before, _ = encoder(images, mask)
+        after, _ = fold_batchnorms(encoder)(images, mask)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
 
 
 def test_bidirectional_targets_hand_worked():

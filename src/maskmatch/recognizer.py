@@ -33,6 +33,7 @@ from maskmatch.ensemble_file import NAME as SHIPPED_ENSEMBLE
 from maskmatch.ensemble_file import RESERVED as ENSEMBLE_KEYS
 from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
 from maskmatch.model import HMERModel, LatexGrammar
+from maskmatch.model.encoder import fold_batchnorms
 from maskmatch.model.ensemble import Ensemble
 from maskmatch.onnx_model import OnnxModel, is_export, load_onnx
 from maskmatch.weights import load_weights, manifest_vocabulary, render_config
@@ -54,16 +55,14 @@ class Alternative:
 class Recognition:
     latex: str  # canonical CROHME tokens joined by spaces, e.g. "x ^ { 2 }"
     tokens: list[str]
-    score: float  # length-normalized log-probability (model/search.py), higher is surer; beam adds r2l rescoring,
-    # so greedy and beam scores are on different scales
+    score: float  # length-normalized log-prob (model/search.py), higher is surer; beam adds r2l: another scale
     ms: float  # wall time spent on this input: its preprocessing plus its share of the batch's decoding
     attention: np.ndarray | None = None  # (T, h, w) float32 when asked for: where the decoder looked to write each
     # token (cross-attention averaged over heads and layers); cell (i, j) covers pixels [16i, 16i+16) x [16j, 16j+16)
     # of the normalized image (`preprocess`), h = ceil(H / 16), w = ceil(W / 16)
     confidence: float | None = None  # 0-1: the share of answers with this score that were right on the model's
     # held-out slice (`maskmatch calibrate`, calibration.py); None when the model has not been calibrated
-    alternatives: list[Alternative] = field(default_factory=list)  # the n best (n_best), best first; the first is
-    # this answer
+    alternatives: list[Alternative] = field(default_factory=list)  # the n best (n_best), best first: this one first
     warnings: list[str] = field(default_factory=list)  # what in the input makes this answer less sure (`prepare`)
 
 
@@ -126,7 +125,8 @@ class Recognizer:
             raise ValueError(f"{path}: an onnx export; run it with the onnx runtime (--runtime onnx)")
         device = resolve_device(device)
         model, manifest = load_weights(path, device, handoff)
-        return cls(model, manifest_vocabulary(manifest), render_config(manifest), manifest, device, constrained)
+        return cls(fold_batchnorms(model), manifest_vocabulary(manifest), render_config(manifest), manifest, device,
+                   constrained)
 
     @classmethod
     def _ensemble(cls, paths: list, device, constrained: bool, runtime: str | None,
@@ -134,7 +134,7 @@ class Recognizer:
         if runtime not in (None, "torch") or any(is_export(p) for p in paths):
             raise ValueError("an ensemble runs on the torch runtime: give .safetensors weights, not onnx exports")
         device = resolve_device(device)
-        loaded = [load_weights(p, device) for p in paths]
+        loaded = [(fold_batchnorms(model), manifest) for model, manifest in (load_weights(p, device) for p in paths)]
         manifest = loaded[0][1]
         for p, (_, other) in zip(paths[1:], loaded[1:]):
             if manifest_vocabulary(other).symbols != manifest_vocabulary(manifest).symbols:

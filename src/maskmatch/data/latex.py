@@ -1,31 +1,26 @@
 """LaTeX truth -> the canonical CROHME token sequence.
 
-Raw truths (``$\\frac12 x^2_i$``) and already tokenized captions
-(``\\frac { 1 } { 2 } x _ { i } ^ { 2 }``) both map to one token list, so two
-spellings of the same formula compare equal. The canonical form:
+Raw truths (``$\\frac12 x^2_i$``) and already tokenized captions (``\\frac { 1 } { 2 } x _ { i } ^ { 2 }``) both map
+to one token list, so two spellings of the same formula compare equal. The canonical form:
 
-* one token per symbol: single characters (``1 2`` for ``12``), ``\\name``
-  commands, ``{ } ^ _``; ``$`` and whitespace carry nothing;
-* braces appear only around the arguments of ``\\frac``, ``\\sqrt``, ``^`` and
-  ``_``, and always there: ``\\frac { 1 } { 2 }``, ``x ^ { 2 }``,
-  ``\\sqrt [ 3 ] { x }``; grouping braces are dissolved (``{a+b}=c`` ->
+* one token per symbol: single characters (``1 2`` for ``12``), ``\\name`` commands, ``{ } ^ _``; ``$`` and
+  whitespace carry nothing;
+* braces appear only around the arguments of ``\\frac``, ``\\sqrt``, ``^`` and ``_``, and always there:
+  ``\\frac { 1 } { 2 }``, ``x ^ { 2 }``, ``\\sqrt [ 3 ] { x }``; grouping braces are dissolved (``{a+b}=c`` ->
   ``a + b = c``, ``{v_1}^2`` -> ``v _ { 1 } ^ { 2 }``);
 * a subscript comes before its superscript: ``x _ { i } ^ { 2 }``;
 * primes are superscripts: ``f'`` and ``f \\prime`` -> ``f ^ { \\prime }``;
-* font and text wrappers (``\\mbox{..}``, ``\\mathrm{..}``...) are unwrapped;
-  sizing (``\\left``, ``\\big``...), ``\\limits``, ``\\displaystyle`` and spacing
-  are dropped; aliases become the dictionary's spelling (``\\le`` -> ``\\leq``);
-  letters spelling sin, cos, tan, log or lim become ``\\sin`` etc.;
-* odd spellings found in the data are read as what they stand for: the 2016
-  captions' ``\\sqrt { [ } 3 ] { x }`` and the RIT_2014 truths' ``\\sqrt {x} ABOVE {3}``
-  are ``\\sqrt [ 3 ] { x }``; the captions' ``x ^ { \\frac } { 1 } { 2 }`` is
-  ``x ^ { \\frac { 1 } { 2 } }``;
+* font and text wrappers (``\\mbox{..}``, ``\\mathrm{..}``...) are unwrapped; sizing (``\\left``, ``\\big``...),
+  ``\\limits``, ``\\displaystyle`` and spacing are dropped; aliases become the dictionary's spelling (``\\le`` ->
+  ``\\leq``); letters spelling sin, cos, tan, log or lim become ``\\sin`` etc.;
+* odd spellings found in the data are read as what they stand for: the 2016 captions' ``\\sqrt { [ } 3 ] { x }``
+  and the RIT_2014 truths' ``\\sqrt {x} ABOVE {3}`` are ``\\sqrt [ 3 ] { x }``; the captions'
+  ``x ^ { \\frac } { 1 } { 2 }`` is ``x ^ { \\frac { 1 } { 2 } }``;
 * anything else, known to the dictionary or not, is kept as it is.
 
-``normalize_latex`` is idempotent. Input that cannot be parsed (unbalanced
-braces, a missing argument, a double sub- or superscript such as ``x^2^3`` or
-``{x^2}^3``, nesting deeper than ``MAX_DEPTH``) raises ``LatexError`` with a
-one-line message.
+``normalize_latex`` is idempotent. Input that cannot be parsed (unbalanced braces, a missing argument, a double
+sub- or superscript such as ``x^2^3`` or ``{x^2}^3``, nesting deeper than ``MAX_DEPTH``) raises ``LatexError``
+with a one-line message.
 """
 
 from __future__ import annotations
@@ -34,28 +29,22 @@ from dataclasses import dataclass
 
 MAX_DEPTH = 100  # nesting of groups and arguments; far beyond any real formula
 
-# Commands that only change layout or size, dropped with no trace. ``\limits``
-# is in the dictionary, but the 2016 captions never write it and 229 truths of
-# other years do; kept, it would make ``\sum\limits_i`` and ``\sum_i`` differ.
-_DROP = {
-    "\\limits", "\\nolimits", "\\displaystyle", "\\textstyle", "\\scriptstyle",
-    "\\,", "\\;", "\\:", "\\!", "\\ ", "~", "\\quad", "\\qquad", "\\\\",
-}
+# Commands that only change layout or size, dropped with no trace. ``\limits`` is in the dictionary, but the 2016
+# captions never write it and 229 truths of other years do; kept, it would make ``\sum\limits_i`` and ``\sum_i``
+# differ.
+_DROP = {"\\limits", "\\nolimits", "\\displaystyle", "\\textstyle", "\\scriptstyle",
+         "\\,", "\\;", "\\:", "\\!", "\\ ", "~", "\\quad", "\\qquad", "\\\\"}
 # Delimiter sizing: dropped, and the null delimiter ``.`` after one with it.
-_SIZING = {"\\left", "\\right"} | {
-    f"\\{size}{side}" for size in ("big", "Big", "bigg", "Bigg") for side in ("", "l", "r", "m")
-}
+_SIZING = {"\\left", "\\right"} | {f"\\{size}{side}" for size in ("big", "Big", "bigg", "Bigg")
+                                   for side in ("", "l", "r", "m")}
 # Wrappers whose argument is plain math once unwrapped.
-_UNWRAP = {
-    "\\mbox", "\\hbox", "\\text", "\\textrm", "\\textit", "\\textbf", "\\mathrm",
-    "\\mathit", "\\mathbf", "\\mathsf", "\\mathnormal", "\\operatorname",
-}
+_UNWRAP = {"\\mbox", "\\hbox", "\\text", "\\textrm", "\\textit", "\\textbf", "\\mathrm", "\\mathit", "\\mathbf",
+           "\\mathsf", "\\mathnormal", "\\operatorname"}
 _ALIASES = {
-    "\\lt": "<", "\\gt": ">", "\\to": "\\rightarrow", "\\lbrack": "[", "\\rbrack": "]",
-    "\\lbrace": "\\{", "\\rbrace": "\\}", "\\ge": "\\geq", "\\geqslant": "\\geq",
-    "\\le": "\\leq", "\\leqslant": "\\leq", "\\ne": "\\neq", "\\dots": "\\ldots",
-    "\\dotsc": "\\ldots", "\\vert": "|", "\\lvert": "|", "\\rvert": "|", "\\mid": "|",
-    "'": "\\prime",
+    "\\lt": "<", "\\gt": ">", "\\to": "\\rightarrow", "\\lbrack": "[", "\\rbrack": "]", "\\lbrace": "\\{",
+    "\\rbrace": "\\}", "\\ge": "\\geq", "\\geqslant": "\\geq", "\\le": "\\leq", "\\leqslant": "\\leq",
+    "\\ne": "\\neq", "\\dots": "\\ldots", "\\dotsc": "\\ldots", "\\vert": "|", "\\lvert": "|", "\\rvert": "|",
+    "\\mid": "|", "'": "\\prime",
     # unicode spellings of dictionary symbols
     "≤": "\\leq", "≥": "\\geq", "≠": "\\neq", "×": "\\times", "÷": "\\div", "±": "\\pm",
     "→": "\\rightarrow", "∞": "\\infty", "…": "\\ldots", "⋯": "\\cdots", "·": "\\cdot",

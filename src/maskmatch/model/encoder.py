@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from maskmatch.model.config import DENSE_BLOCKS, ModelConfig
 
@@ -208,6 +209,23 @@ class ResNet(nn.Module):
             for block in stage:
                 x = block(x, valid)
         return x, valid  # (B, C', H/16, W/16), (B, 1, H/16, W/16)
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """For inference only: each BatchNorm of a ResNet (eval mode) folded into the convolution before it, its running
+    statistics and affine becoming the convolution's weight and bias (`torch.nn.utils.fusion`): the same function
+    up to float rounding, one activation tensor fewer per convolution. The module can no longer be trained, nor
+    load or save its weights by their names. The DenseNet's BatchNorms come before their convolutions: untouched."""
+    for m in list(module.modules()):
+        if isinstance(m, ResidualBlock):
+            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
+            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
+            if m.shortcut is not None:
+                m.shortcut[0], m.shortcut[1] = fuse_conv_bn_eval(m.shortcut[0], m.shortcut[1]), nn.Identity()
+        elif isinstance(m, ResNet):
+            m.stem[0], m.stem[1] = fuse_conv_bn_eval(m.stem[0], m.stem[1]), nn.Identity()
+            m.to(memory_format=torch.channels_last)
+    return module
 
 
 class Encoder(nn.Module):

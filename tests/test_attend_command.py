@@ -120,7 +120,7 @@ def test_an_encoder_of_another_shape_is_one_line(images, encoder_file, tmp_path,
 @pytest.mark.parametrize("fusion", ["gate", "tokens"])
 def test_finetune_starts_from_the_handoff(run, root, fusion, tmp_path, capsys):
     out = tmp_path / fusion
-    assert main(["finetune", "--preset", "tiny", "--set", f"data.root={root}", "--set", "data.val_size=8",
+    assert main(["finetune", "--preset", "finetune-tiny", "--set", f"data.root={root}", "--set", "data.val_size=8",
                  "--set", "trainer.max_epochs=1", "--set", f"model.fusion={fusion}", "--set", "model.attention_maps=4",
                  "--init", str(run / "attend.safetensors"), "--out", str(out), "--quiet"]) == 0
     assert "initialized attention, encoder from" in capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_finetune_starts_from_the_handoff(run, root, fusion, tmp_path, capsys):
 ])
 def test_finetune_refuses_a_handoff_it_cannot_hold(run, root, sets, message, tmp_path, capsys):
     out = tmp_path / "refused"
-    assert main(["finetune", "--preset", "tiny", "--set", f"data.root={root}", *sets,
+    assert main(["finetune", "--preset", "finetune-tiny", "--set", f"data.root={root}", *sets,
                  "--init", str(run / "attend.safetensors"), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--init" in err and message in err and "Traceback" not in err

@@ -55,7 +55,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def finetune_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--preset", "tiny", "--set", f"data.root={root}", "--set", f"trainer.max_epochs={EPOCHS}",
+    return ["finetune", "--preset", "finetune-tiny", "--set", f"data.root={root}", "--set", f"trainer.max_epochs={EPOCHS}",
             "--out", str(out), "--quiet", *extra]
 
 
@@ -176,9 +176,19 @@ def test_loader_takes_lightnings_epoch_and_skips_what_was_trained_on(data_root):
     ("trainer.precision=fp8", "precision 'fp8' must be one of 32, bf16-mixed"),
 ])
 def test_config_errors_are_one_line(assignment, message, tmp_path, capsys):
-    assert main(["finetune", "--preset", "tiny", "--set", assignment, "--out", str(tmp_path)]) == 2
+    assert main(["finetune", "--preset", "finetune-tiny", "--set", assignment, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("old", ["tiny", "small", "cpu", "crohme"])
+def test_old_preset_names_are_refused_with_the_new_one(old, tmp_path, capsys):
+    """The fine-tuning presets took their stage's prefix, as pretrain-*, attend-* and train-* have theirs."""
+    with pytest.raises(SystemExit) as exit:
+        main(["finetune", "--preset", old, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and f"preset {old!r} is now called 'finetune-{old}'" in err[-1]
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_config_file_errors_are_one_line(tmp_path, capsys):
@@ -248,7 +258,7 @@ def test_a_run_killed_mid_epoch_resumes_step_for_step(data_root, reference_run, 
 def test_resume_refuses_to_change_what_is_learned(reference_run, capsys):
     assert main(["finetune", "--out", str(reference_run), "--resume", "--set", "optim.lr=0.1"]) == 2
     assert "optim.lr cannot change" in capsys.readouterr().err
-    assert main(["finetune", "--preset", "tiny", "--out", str(reference_run)]) == 2
+    assert main(["finetune", "--preset", "finetune-tiny", "--out", str(reference_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
 
@@ -425,14 +435,15 @@ def test_recipes_under_another_name(reference_run, tmp_path):
 def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     """`maskmatch train-benchmark` runs a preset's real data and step: a row with images/s and achieved GFLOP/s."""
     table = tmp_path / "throughput.md"
-    assert main(["train-benchmark", f"tiny:data.root={data_root}", "--batches", "3", "--threads", "1",
+    assert main(["train-benchmark", f"finetune-tiny:data.root={data_root}", "--batches", "3", "--threads", "1",
                  "--markdown", str(table)]) == 0
     out = capsys.readouterr().out
-    [row] = [line for line in out.splitlines() if line.startswith("| tiny:")]
+    [row] = [line for line in out.splitlines() if line.startswith("| finetune-tiny:")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1].endswith(" M") and float(cells[4]) > 0 and float(cells[6]) > 0 and cells[7].endswith("%")
     assert main(["train-benchmark", "nosuch"]) == 2
-    assert row in table.read_text("utf-8") and "maskmatch train-benchmark tiny:" in table.read_text("utf-8")
+    assert main(["train-benchmark", "cpu"]) == 2 and "'cpu' is now called 'finetune-cpu'" in capsys.readouterr().err
+    assert row in table.read_text("utf-8") and "maskmatch train-benchmark finetune-tiny:" in table.read_text("utf-8")
 
 
 def test_train_benchmark_times_stages_1_and_2_in_their_own_loops(data_root, capsys):

@@ -154,7 +154,7 @@ def test_a_file_with_modules_the_model_lacks_is_refused(tmp_path):
 
 def test_finetune_starts_from_the_pretrained_encoder(run, labelled_root, tmp_path, capsys):
     out = tmp_path / "finetune"
-    args = ["finetune", "--preset", "tiny", "--set", f"data.root={labelled_root}", "--set", "data.val_size=16",
+    args = ["finetune", "--preset", "finetune-tiny", "--set", f"data.root={labelled_root}", "--set", "data.val_size=16",
             "--set", "trainer.max_epochs=1", "--init", str(run / "encoder.safetensors"), "--label-fraction", "0.5",
             "--out", str(out), "--quiet"]
     assert main(args) == 0

@@ -124,12 +124,12 @@ def test_config_mistakes_are_one_line(data_root, tmp_path, capsys, extra, messag
 
 
 def test_train_cpu_is_the_cpu_stage_presets_together():
-    """train-cpu's sections are pretrain-cpu, attend-cpu and cpu less their model, and its model is cpu's with a
+    """train-cpu's sections are pretrain-cpu, attend-cpu and finetune-cpu less their model, and its model is theirs with a
     fusion: the ablation's arms and the standalone stages train the same thing."""
     presets = PRESET.parent
     load = lambda name: yaml.safe_load((presets / f"{name}.yaml").read_text("utf-8"))  # noqa: E731
     together = load("train-cpu")
-    for section, preset in (("pretrain", "pretrain-cpu"), ("attend", "attend-cpu"), ("finetune", "cpu")):
+    for section, preset in (("pretrain", "pretrain-cpu"), ("attend", "attend-cpu"), ("finetune", "finetune-cpu")):
         alone = load(preset)
         assert together[section] == {k: v for k, v in alone.items() if k != "model"}, section
         assert {k: v for k, v in alone["model"].items() if k != "attention_maps"} == \
@@ -146,7 +146,7 @@ def test_stage_presets_share_their_familys_model():
     presets = PRESET.parent
     for family in ("tiny", "small", "cpu", "crohme"):
         shared = yaml.safe_load((presets / "models" / f"{family}.yaml").read_text("utf-8"))
-        for name in (family, f"pretrain-{family}", f"attend-{family}", f"train-{family}"):
+        for name in (f"finetune-{family}", f"pretrain-{family}", f"attend-{family}", f"train-{family}"):
             model = with_shared_model(yaml.safe_load((presets / f"{name}.yaml").read_text("utf-8")), name)["model"]
             assert {k: v for k, v in model.items() if k not in ("fusion", "attention_maps")} == shared, name
     with pytest.raises(UserError, match="'nosuch' is not a shared model"):

@@ -31,6 +31,7 @@ from maskmatch.config import override
 from maskmatch.engine.options import parse_config
 from maskmatch.engine.schedule import ema_decay
 from maskmatch.errors import UserError
+from maskmatch.finetune.commands import RENAMED
 from maskmatch.pipeline import stage_classes
 from maskmatch.pretrain.commands import stage as pretrain_stage
 
@@ -42,8 +43,11 @@ def recipe_stage(spec: str) -> str:
 
 
 def recipe_config(spec: str):
-    """'cpu', 'pretrain-cpu' or 'small:data.root=data/crohme,data.workers=0' -> that stage's config."""
+    """'finetune-cpu', 'pretrain-cpu' or 'finetune-small:data.root=data/crohme,data.workers=0' -> that stage's
+    config."""
     preset, _, sets = spec.partition(":")
+    if preset in RENAMED:
+        raise UserError(f"recipe {spec!r}: preset {preset!r} is now called {RENAMED[preset]!r}")
     try:
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
     except FileNotFoundError:
@@ -204,7 +208,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train-benchmark", help="training images/s and achieved GFLOP/s of finetune recipes",
                             description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipes", nargs="+", metavar="RECIPE",
-                   help="a finetune preset, optionally with overrides: cpu, small:data.root=data/crohme")
+                   help="a preset, optionally with overrides: finetune-cpu, finetune-small:data.root=data/crohme")
     p.add_argument("--batches", type=positive_int, default=40, help="timed batches per recipe (default 40)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0, help="which batches (default 0)")

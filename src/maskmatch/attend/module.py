@@ -19,6 +19,8 @@ ones that guided the masking, and a momentum average of the student is the stead
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -34,6 +36,7 @@ from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.engine import common
 from maskmatch.engine.module import StageModule
+from maskmatch.model import HMERModel
 from maskmatch.model.attention import AttentionNetwork
 from maskmatch.model.config import ModelConfig
 from maskmatch.model.encoder import Encoder
@@ -168,13 +171,9 @@ def checkpoint_meta(checkpoint: dict) -> dict:
     return common.checkpoint_meta(checkpoint, STAGE, CHECKPOINT_FORMAT)
 
 
-def handoff_model(checkpoint: dict) -> "HMERModel":
+def handoff_model(checkpoint: dict) -> HMERModel:
     """An HMERModel (fusion "gate" unless the config names another) whose encoder and attention network hold a
     stage-2 checkpoint's teacher; its decoder and fusion stay as initialized (the hand-off file leaves them out)."""
-    from dataclasses import replace
-
-    from maskmatch.model import HMERModel
-
     config = from_dict(ModelConfig, checkpoint_meta(checkpoint)["config"]["model"])
     model = HMERModel(replace(config, fusion=config.fusion if config.fusion != "none" else "gate"))
     missing, unexpected = model.load_state_dict(common.state_under(checkpoint, "teacher.module."), strict=False)

@@ -33,11 +33,13 @@ def run_command(args: argparse.Namespace, stage: Stage, start: float | None = No
 
 
 def add_run_options(parser: argparse.ArgumentParser, presets: tuple[str, ...], sections: str, example: str,
-                    outputs: str) -> None:
+                    outputs: str, renamed: dict[str, str] | None = None) -> None:
     """The options every training command takes: where the config comes from, --set, --out, --time-budget,
-    --resume and the devices. `sections` and `example` word the help of --config and --set, `outputs` of --out."""
+    --resume and the devices. `sections` and `example` word the help of --config and --set, `outputs` of --out;
+    `renamed` maps a preset's old name to its name now (the old one is refused with the new one as a hint)."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=presets, help="a config shipped with maskmatch")
+    source.add_argument("--preset", choices=presets, type=preset_name(renamed or {}),
+                        help="a config shipped with maskmatch")
     source.add_argument("--config", metavar="FILE", help=f"a YAML config (sections {sections})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override one value, e.g. {example}")
@@ -49,6 +51,15 @@ def add_run_options(parser: argparse.ArgumentParser, presets: tuple[str, ...], s
     parser.add_argument("--nodes", type=positive_int, default=1, help="nodes (default 1; >1 uses DDP)")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto", help="default auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or model summary")
+
+
+def preset_name(renamed: dict[str, str]):
+    """An argparse type for --preset: a renamed preset's old name is an error that names the new one."""
+    def parse(name: str) -> str:
+        if name in renamed:
+            raise argparse.ArgumentTypeError(f"preset {name!r} is now called {renamed[name]!r}")
+        return name
+    return parse
 
 
 def load_config(args: argparse.Namespace, config_class, resume_may_change=RESUME_MAY_CHANGE):

@@ -9,7 +9,8 @@ from pathlib import Path
 from maskmatch.engine.options import add_run_options, run_command
 from maskmatch.engine.runner import Run, Stage, load_init, manifest_training
 
-PRESETS = ("tiny", "small", "cpu", "crohme")
+PRESETS = ("finetune-tiny", "finetune-small", "finetune-cpu", "finetune-crohme")
+RENAMED = {name.removeprefix("finetune-"): name for name in PRESETS}  # the names these presets had before
 PANELS = ((("loss", "val_loss"), "loss (training: label-smoothed; validation: EMA, token cross-entropy)"),
           (("lr",), "learning rate"), (("val_exprate",), "validation ExpRate (%, EMA, greedy)"))
 
@@ -71,7 +72,7 @@ def export(run: Run) -> Path:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("finetune", help="stage 3: train the recognizer on labelled images "
                                                   "(alone: the supervised baseline)")
-    add_run_options(parser, PRESETS, sections="model, data, optim, trainer",
+    add_run_options(parser, PRESETS, renamed=RENAMED, sections="model, data, optim, trainer",
                     example="--set data.root=out/crohme --set optim.lr=3.0e-4",
                     outputs="checkpoints, log, curves, weights")
     parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights, e.g. a pretrain run's "

@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from maskmatch.config import from_dict
 from maskmatch.data.batching import Batch
 from maskmatch.engine import common
 from maskmatch.engine.module import StageModule
 from maskmatch.engine.common import step_seed
-from maskmatch.model import HMERModel
+from maskmatch.model import HMERModel, ModelConfig
 from maskmatch.model.encoder import Encoder
 from maskmatch.pretrain.config import PretrainConfig
 from maskmatch.pretrain.global_loss import GlobalInfoNCE
@@ -140,9 +141,6 @@ def checkpoint_meta(checkpoint: dict) -> dict:
 
 def encoder_model(checkpoint: dict) -> HMERModel:
     """An HMERModel whose encoder holds a pretrain checkpoint's encoder (its other modules stay as initialized)."""
-    from maskmatch.config import from_dict
-    from maskmatch.model import ModelConfig
-
     meta = checkpoint_meta(checkpoint)
     model = HMERModel(from_dict(ModelConfig, meta["config"]["model"]))
     model.encoder.load_state_dict(common.state_under(checkpoint, "encoder."), strict=True)

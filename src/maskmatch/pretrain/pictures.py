@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from maskmatch.data.batching import Batch
+from maskmatch.files import write_atomic
 from maskmatch.pretrain.views import ViewPair
 
 SHOWN_POINTS = 12  # points drawn per image: enough to judge the matches, few enough to tell apart
@@ -16,8 +17,6 @@ def draw_views(batch: Batch, views: ViewPair, path: Path, names: list[str]) -> N
     """One row per image: the original, view 1, view 2, each cropped to its box; point k has one colour in all three."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
-
-    from maskmatch.files import write_atomic
 
     B = len(batch)
     colours = colormaps["tab20"](np.arange(SHOWN_POINTS) % 20)

@@ -107,7 +107,8 @@ def test_presets_load(name):
     config = from_dict(AttendConfig, with_shared_model(yaml.safe_load(text), name))
     assert config.masking.at(0.0).ratio == pytest.approx(0.1) and config.masking.at(1.0).ratio == pytest.approx(0.6)
     if name == "attend-small":
-        small = yaml.safe_load(resources.files("maskmatch").joinpath("presets", "finetune-small.yaml").read_text("utf-8"))
+        small = resources.files("maskmatch").joinpath("presets", "finetune-small.yaml").read_text("utf-8")
+        small = yaml.safe_load(small)
         small = with_shared_model(small, "finetune-small")
         encoder_fields = ("growth_rate", "block_layers", "d_model")
         assert [getattr(config.model, f) for f in encoder_fields] == [small["model"][f] for f in encoder_fields]

@@ -55,8 +55,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def finetune_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--preset", "finetune-tiny", "--set", f"data.root={root}", "--set", f"trainer.max_epochs={EPOCHS}",
-            "--out", str(out), "--quiet", *extra]
+    return ["finetune", "--preset", "finetune-tiny", "--set", f"data.root={root}",
+            "--set", f"trainer.max_epochs={EPOCHS}", "--out", str(out), "--quiet", *extra]
 
 
 def losses(run: Path) -> dict[int, float]:

@@ -246,15 +246,15 @@ def test_n_best_is_ranked_and_starts_with_the_winner():
         assert all(len({tuple(h.ids) for h in r}) == len(r) for r in ranked)
 
 
-def test_r2l_rescoring_in_groups_equals_one_row_each():
-    # an image's candidates share its memory in place: images with 1, 3 and 2 candidates score as when each
-    # candidate reads its own copy of its image's memory
+@pytest.mark.parametrize("owners", [[0, 2, 2, 2, 3, 3], [2, 0, 2, 3, 0, 2]], ids=["in runs", "interleaved"])
+def test_r2l_rescoring_in_groups_equals_one_row_each(owners):
+    # the candidates of an image share its memory: images with 1, 3 and 2 candidates (or 2, 3 and 1, in any
+    # order) score as when each candidate reads its own copy of its image's memory
     torch.manual_seed(5)
     model = HMERModel(ModelConfig.tiny()).eval()
     images, mask, _, _ = synthetic_batch()
     with torch.no_grad():
         features, feature_mask = model.encoder(images, mask)
-    owners = [0, 2, 2, 2, 3, 3]
     ids = [SEQUENCES[0], SEQUENCES[2], SEQUENCES[1], [5], SEQUENCES[3], [9, 9]]
     grouped = search.r2l_logprob(model.decoder, model.decoder.init_cache(features, feature_mask), owners, ids)
     alone = search.sequence_logprob(model.decoder, features[owners], feature_mask[owners], ids, "r2l")

@@ -124,8 +124,8 @@ def test_config_mistakes_are_one_line(data_root, tmp_path, capsys, extra, messag
 
 
 def test_train_cpu_is_the_cpu_stage_presets_together():
-    """train-cpu's sections are pretrain-cpu, attend-cpu and finetune-cpu less their model, and its model is theirs with a
-    fusion: the ablation's arms and the standalone stages train the same thing."""
+    """train-cpu's sections are pretrain-cpu, attend-cpu and finetune-cpu less their model, and its model is theirs
+    with a fusion: the ablation's arms and the standalone stages train the same thing."""
     presets = PRESET.parent
     load = lambda name: yaml.safe_load((presets / f"{name}.yaml").read_text("utf-8"))  # noqa: E731
     together = load("train-cpu")

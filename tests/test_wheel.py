@@ -31,7 +31,8 @@ def installed(tmp_path_factory) -> Path:
     wheel = next(tmp.glob("maskmatch-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("maskmatch/assets/model.safetensors", "maskmatch/serve/static/index.html",
-                   "maskmatch/serve/katex/katex.min.js", "maskmatch/serve/katex/LICENSE", "maskmatch/presets/finetune-cpu.yaml"):
+                   "maskmatch/serve/katex/katex.min.js", "maskmatch/serve/katex/LICENSE",
+                   "maskmatch/presets/finetune-cpu.yaml"):
         assert needed in names, f"{needed} is not in the wheel"
     assert any(n.startswith("maskmatch/serve/katex/fonts/") for n in names)
     env = tmp / "venv"

@@ -29,9 +29,8 @@ from maskmatch.data.bitmap import THICK_PEN, read_bitmap
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
-from maskmatch.ensemble_file import NAME as SHIPPED_ENSEMBLE
-from maskmatch.ensemble_file import RESERVED as ENSEMBLE_KEYS
-from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
+from maskmatch.ensemble_file import (NAME as SHIPPED_ENSEMBLE, RESERVED as ENSEMBLE_KEYS, is_ensemble_file,
+                                     read_ensemble)
 from maskmatch.model import HMERModel, LatexGrammar
 from maskmatch.model.encoder import fold_batchnorms
 from maskmatch.model.ensemble import Ensemble
@@ -99,7 +98,8 @@ class Recognizer:
         runtime "onnx" runs a folder of `maskmatch export --onnx` with onnxruntime (CPU; no attention maps;
         `threads`: its intra-op threads, None: onnxruntime's choice); None: onnx for such a folder, torch otherwise.
         handoff=True also loads a stage hand-off file, its other modules as initialized (`weights.load_weights`):
-        for drawing a stage-2 model's attention maps, not for reading."""
+        for drawing a stage-2 model's attention maps, not for reading. A torch model's ResNet BatchNorms are folded
+        into its convolutions (`fold_batchnorms`): to train or save weights, take them from `load_weights`."""
         if isinstance(path, (list, tuple)):
             if any(is_ensemble_file(p) for p in path) and len(path) > 1:
                 raise ValueError("an ensemble file cannot be a member of an ensemble: give its members' weights")

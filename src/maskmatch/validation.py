@@ -15,6 +15,7 @@ slice and writes it into the manifest (or the ensemble file).
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def _average(args: argparse.Namespace) -> int:
     import torch
 
     from maskmatch.finetune.module import checkpoint_meta, ema_model
+    from maskmatch.model.encoder import fold_batchnorms
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
@@ -139,7 +141,7 @@ def _average(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     reference = Recognizer.load(args.like, "cpu")
     before, n = held_out_exprate(reference, Path(args.data))
-    averaged = Recognizer(model, reference.vocabulary, reference.render, like, "cpu")
+    averaged = Recognizer(fold_batchnorms(copy.deepcopy(model)), reference.vocabulary, reference.render, like, "cpu")
     after, _ = held_out_exprate(averaged, Path(args.data))
     print(f"validation ExpRate (greedy, {n} held-out images): {args.like} {before:.2f}%, "
           f"average of {len(models)} checkpoints (steps {', '.join(map(str, steps))}) {after:.2f}%")

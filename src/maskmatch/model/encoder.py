@@ -215,16 +215,17 @@ def fold_batchnorms(module: nn.Module) -> nn.Module:
     """For inference only: each BatchNorm of a ResNet (eval mode) folded into the convolution before it, its running
     statistics and affine becoming the convolution's weight and bias (`torch.nn.utils.fusion`): the same function
     up to float rounding, one activation tensor fewer per convolution. The module can no longer be trained, nor
-    load or save its weights by their names. The DenseNet's BatchNorms come before their convolutions: untouched."""
-    for m in list(module.modules()):
-        if isinstance(m, ResidualBlock):
-            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
-            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
-            if m.shortcut is not None:
-                m.shortcut[0], m.shortcut[1] = fuse_conv_bn_eval(m.shortcut[0], m.shortcut[1]), nn.Identity()
-        elif isinstance(m, ResNet):
-            m.stem[0], m.stem[1] = fuse_conv_bn_eval(m.stem[0], m.stem[1]), nn.Identity()
-            m.to(memory_format=torch.channels_last)
+    load or save its weights by their names. The DenseNet is left as it is (`dense_block` reads its 1x1
+    convolutions' weights as bias-free matrices)."""
+    resnets = [m for m in module.modules() if isinstance(m, ResNet)]
+    for resnet in resnets:
+        resnet.stem[0], resnet.stem[1] = fuse_conv_bn_eval(resnet.stem[0], resnet.stem[1]), nn.Identity()
+        for block in (b for b in resnet.modules() if isinstance(b, ResidualBlock)):
+            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
+            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+            if block.shortcut is not None:
+                block.shortcut[0], block.shortcut[1] = fuse_conv_bn_eval(*block.shortcut[:2]), nn.Identity()
+        resnet.to(memory_format=torch.channels_last)  # the fused weights NHWC, as the ResNet's were
     return module
 
 

@@ -106,8 +106,8 @@ def cached_sequence_logprob(decoder: Decoder, cache: DecoderCache, ids: list[lis
 @torch.inference_mode()
 def r2l_logprob(decoder: Decoder, memory: DecoderCache, owners: list[int], ids: list[list[int]]) -> torch.Tensor:
     """The r2l log-prob of ids[m] over memory entry owners[m] of `memory` (M,). The images with the same number of
-    rows are scored in one call, each image's rows grouped on its memory (`DecoderCache.group`): a memory is read
-    where it is, never copied once per row (which made the rescoring the peak of a recognize process's memory)."""
+    rows are scored in one call, each image's rows grouped on its memory (`DecoderCache.group`): a memory is copied
+    once per image and call, not once per row (which made the rescoring the peak of a recognize process's memory)."""
     runs: dict[int, list[int]] = {}  # image -> its rows
     for m, b in enumerate(owners):
         runs.setdefault(b, []).append(m)

@@ -28,7 +28,7 @@ from maskmatch.attend.commands import stage as attend_stage
 from maskmatch.benchmark.measure import matmul_rate
 from maskmatch.cli_args import positive_int
 from maskmatch.config import override
-from maskmatch.engine.options import parse_config
+from maskmatch.engine.options import parse_config, preset_name
 from maskmatch.engine.schedule import ema_decay
 from maskmatch.errors import UserError
 from maskmatch.finetune.commands import RENAMED
@@ -46,8 +46,10 @@ def recipe_config(spec: str):
     """'finetune-cpu', 'pretrain-cpu' or 'finetune-small:data.root=data/crohme,data.workers=0' -> that stage's
     config."""
     preset, _, sets = spec.partition(":")
-    if preset in RENAMED:
-        raise UserError(f"recipe {spec!r}: preset {preset!r} is now called {RENAMED[preset]!r}")
+    try:
+        preset_name(RENAMED)(preset)  # the hint `finetune --preset` gives for an old name
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"recipe {spec!r}: {e}") from None
     try:
         text = resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8")
     except FileNotFoundError:

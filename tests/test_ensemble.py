@@ -50,6 +50,21 @@ def test_two_models_step_on_the_normalized_mean_of_their_log_probs():
     assert len(hyps) == len(images) and all(0 < len(r) <= 3 for r in hyps)
 
 
+def test_teacher_forcing_an_ensemble_scores_what_its_decoding_steps_score():
+    a, b = tiny(0), tiny(1, d_model=32, nhead=2)
+    pair = Ensemble([a, b]).eval()
+    images, mask, _, _ = synthetic_batch()
+    prefix = torch.tensor([[SOS, 5, 7]] * len(images))
+    with torch.no_grad():
+        forced = pair(images, mask, prefix).log_softmax(-1)  # (B, 3, V)
+        cache = pair.decoder.init_cache(*pair.encode(images, mask))
+        stepped = [search.next_logprobs(pair.decoder, prefix[:, t], cache) for t in range(3)]
+    for t, step in enumerate(stepped):
+        shown = torch.isfinite(step)  # PAD and SOS, which decoding never emits, aside
+        renormalized = forced[:, t].masked_fill(~shown, float("-inf")).log_softmax(-1)
+        assert torch.allclose(renormalized[shown], step[shown], atol=1e-5)
+
+
 def test_members_must_share_the_vocabulary_and_the_stride():
     with pytest.raises(ValueError, match="vocabularies of"):
         Ensemble([tiny(0), tiny(1, vocab_size=50)])

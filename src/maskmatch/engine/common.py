@@ -77,7 +77,10 @@ def configure_adamw(module: L.LightningModule, parameters: Iterable[torch.nn.Par
     params = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # biases and norms
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+    # on the CPU PyTorch's default AdamW loops over the tensors one by one, its fused kernel takes them in one pass
+    # (on a GPU the default is already foreach, and Lightning refuses fused optimizers under mixed precision)
+    fused = all(p.device.type == "cpu" for p in params)
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=fused)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, o.warmup(module.total_steps) if module.planned else o.warmup_steps,
                                   module.total_steps, o.min_lr_ratio))

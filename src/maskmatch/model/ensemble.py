@@ -86,6 +86,12 @@ class Ensemble(Decoding, nn.Module):
         self.attention = None  # stage 2's attention maps are each member's own; an ensemble draws none
         self.decoder = EnsembleDecoder([m.decoder for m in models], [m.config.d_model for m in models])
 
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """HMERModel.forward's teacher-forced pass: images (B, 1, H, W), mask (B, H, W), tokens_in (rB, L) -> the
+        members' mean log-probs (rB, L, V), logits of the distribution a decoding step draws from (PAD and SOS
+        not yet excluded). Training through it costs the members' steps added up."""
+        return torch.stack([m(images, mask, tokens_in).log_softmax(-1) for m in self.members]).mean(0)
+
     def encode(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 1, H, W), mask (B, H, W) -> the members' memories side by side (B, h, w, sum of d), and the
         mask (B, h, w); ValueError if the members' maps differ in shape (e.g. token fusion's extra rows)."""

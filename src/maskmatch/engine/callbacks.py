@@ -129,10 +129,14 @@ class BudgetPlanner(L.Callback):
             return
         step = statistics.median(self.step_times)
         training = now - self._train_start
-        if (not pl_module.planned and len(self.step_times) >= self.plan_after - self.WARMUP_STEPS
-                and (self._epoch_end_seen or training > 0.1 * (self.budget - (self._train_start - self.start)))):
+        strategy = trainer.strategy  # ranks time themselves apart: they plan and stop as one (DDP would hang)
+        if not pl_module.planned and strategy.reduce_boolean_decision(
+                len(self.step_times) >= self.plan_after - self.WARMUP_STEPS
+                and (self._epoch_end_seen or training > 0.1 * (self.budget - (self._train_start - self.start))),
+                all=False):
             self._plan(trainer, pl_module, step, batch_idx)
-        if self.elapsed() + step + self.end_seconds + self.reserve() > self.budget:
+        if strategy.reduce_boolean_decision(self.elapsed() + step + self.end_seconds + self.reserve() > self.budget,
+                                            all=False):
             if not trainer.should_stop and trainer.is_global_zero:
                 print(f"\ntime budget: stopping at step {trainer.global_step}", flush=True)
             trainer.should_stop = True
@@ -144,6 +148,7 @@ class BudgetPlanner(L.Callback):
             epoch=trainer.current_epoch, batch_in_epoch=batch_idx + 1, steps_per_epoch=per_epoch,
             max_epochs=self.max_epochs, step_seconds=step, end_seconds=self.end_seconds, save_seconds=save,
             saves_per_epoch=per_epoch // self.checkpoints.every_n_steps)
+        total = trainer.strategy.broadcast(total, src=0)  # rank 0's plan for every rank
         pl_module.total_steps, pl_module.planned = total, True
         trainer.fit_loop.epoch_loop.max_steps = total
         self.run_log.write(trainer, {"event": "plan", "step": trainer.global_step, "planned_steps": total,

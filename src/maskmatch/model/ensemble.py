@@ -17,6 +17,11 @@ from maskmatch.model.decoder import DecoderCache
 from maskmatch.model.search import Decoding
 
 
+def mean_logprobs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The members' logits (..., V) each -> their mean log-probs (..., V): how an ensemble scores a token."""
+    return torch.stack([x.log_softmax(-1) for x in logits]).mean(0)
+
+
 class EnsembleCache:
     """One `DecoderCache` per member, moved together; the interface search.py uses."""
 
@@ -54,8 +59,7 @@ class EnsembleDecoder(nn.Module):
 
     def decode(self, tokens: torch.Tensor, cache: EnsembleCache) -> torch.Tensor:
         """tokens (N, T) -> the members' mean log-probs (N, T, V); each member's cache takes the tokens in."""
-        logp = [d.decode(tokens, c).log_softmax(-1) for d, c in zip(self.members, cache.members)]
-        return torch.stack(logp).mean(0)
+        return mean_logprobs([d.decode(tokens, c) for d, c in zip(self.members, cache.members)])
 
     def step(self, tokens: torch.Tensor, cache: EnsembleCache) -> torch.Tensor:
         return self.decode(tokens[:, None], cache)[:, 0]
@@ -90,7 +94,7 @@ class Ensemble(Decoding, nn.Module):
         """HMERModel.forward's teacher-forced pass: images (B, 1, H, W), mask (B, H, W), tokens_in (rB, L) -> the
         members' mean log-probs (rB, L, V), logits of the distribution a decoding step draws from (PAD and SOS
         not yet excluded). Training through it costs the members' steps added up."""
-        return torch.stack([m(images, mask, tokens_in).log_softmax(-1) for m in self.members]).mean(0)
+        return mean_logprobs([m(images, mask, tokens_in) for m in self.members])
 
     def encode(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 1, H, W), mask (B, H, W) -> the members' memories side by side (B, h, w, sum of d), and the

@@ -432,6 +432,26 @@ def test_recipes_under_another_name(reference_run, tmp_path):
     assert not (tmp_path / "recipes.md").exists()
 
 
+def test_recipes_name_the_training_data(tmp_path):
+    """The table's training-data column tells the augmentation arms apart: plain, variants with their swap and
+    photo shares (from the cache's meta.json), and whether sub-expressions trained too."""
+    import json
+    from types import SimpleNamespace
+
+    from maskmatch.recipes import training_data
+
+    (tmp_path / "train" / "variants").mkdir(parents=True)
+    (tmp_path / "train" / "variants" / "meta.json").write_text(json.dumps({"swap_share": 0.3}), "utf-8")
+
+    def data(**kw):
+        return SimpleNamespace(data=DataConfig(root=str(tmp_path), **kw))
+
+    assert training_data(data()) == "plain"
+    assert training_data(data(subexpressions=True)) == "plain, sub-expressions"
+    assert training_data(data(variants=4)) == "4 variants, swaps 30%"
+    assert training_data(data(variants=4, subexpressions=True)) == "4 variants, swaps 30%, sub-expressions"
+
+
 def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     """`maskmatch train-benchmark` runs a preset's real data and step: a row with images/s and achieved GFLOP/s."""
     table = tmp_path / "throughput.md"

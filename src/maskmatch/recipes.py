@@ -55,16 +55,18 @@ def run_row(run_dir: Path) -> dict:
 
 
 def training_data(config) -> str:
-    """What an epoch shows: the plain renders, or one of K pre-rendered variants (data/variants.py) per expression."""
+    """What an epoch shows: the plain renders, or one of K pre-rendered variants (data/variants.py) per expression;
+    and whether the sub-expressions (data/subexpr.py) come with them."""
     from maskmatch.data.variants import FOLDER
 
+    parts = ", sub-expressions" if config.data.subexpressions else ""
     if not config.data.variants:
-        return "plain"
+        return "plain" + parts
     meta = Path(config.data.root) / config.data.train_split / FOLDER / "meta.json"
     values = json.loads(meta.read_text("utf-8")) if meta.is_file() else {}
     swaps, photos = values.get("swap_share"), values.get("photo_share")
     return (f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
-            + (f", photographed {photos:.0%}" if photos else ""))
+            + (f", photographed {photos:.0%}" if photos else "") + parts)
 
 
 def markdown(rows: list[dict], command: str, note: str | None, title: str = TITLE,

@@ -433,8 +433,8 @@ def test_recipes_under_another_name(reference_run, tmp_path):
 
 
 def test_recipes_name_the_training_data(tmp_path):
-    """The table's training-data column tells the augmentation arms apart: plain, variants with their swap and
-    photo shares (from the cache's meta.json), and whether sub-expressions trained too."""
+    """The table's training-data column tells the augmentation arms apart: plain, variants with their swap share
+    (from the cache's meta.json), and whether sub-expressions trained too."""
     import json
     from types import SimpleNamespace
 

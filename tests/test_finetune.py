@@ -466,6 +466,32 @@ def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     assert row in table.read_text("utf-8") and "maskmatch train-benchmark finetune-tiny:" in table.read_text("utf-8")
 
 
+def test_train_benchmark_profile_finds_every_stages_phases(data_root, capsys):
+    """--profile: a row for each phase of each stage's step, found in the code that trains (a renamed or moved
+    function would drop its row), nested rows within their parent, and top-level phases that do not overlap."""
+    sets = f"data.root={data_root},data.val_size=8"
+    assert main(["train-benchmark", f"finetune-tiny:data.root={data_root}", f"pretrain-tiny:{sets}",
+                 f"attend-tiny:{sets}", "--batches", "2", "--threads", "1", "--profile"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.count("|") == 5 and " ms" not in line]
+    rows: dict[str, list[tuple[str, float, float]]] = {}
+    for line in lines:
+        recipe, phase, ms, share = (c.strip() for c in line.strip("|").split("|"))
+        if share.endswith("%"):
+            rows.setdefault(recipe.partition(":")[0], []).append((phase, float(ms), float(share[:-1])))
+    expected = {"finetune-tiny": ["encoder", "decoder", "loss", "backward", "optimizer (AdamW)", "weight EMA"],
+                "pretrain-tiny": ["two views of each image", "warp", "encoder forward (both views)", "local loss"],
+                "attend-tiny": ["teacher forward", "masking", "student forward", "teacher update (EMA)"]}
+    for recipe, phases in expected.items():
+        names = [p.replace("&nbsp;", "") for p, _, _ in rows[recipe]]
+        assert all(any(n.startswith(e) for n in names) for e in phases), (recipe, names)
+        top = [(p, ms, share) for p, ms, share in rows[recipe] if not p.startswith("&nbsp;")]
+        assert top[-1][0].startswith("the rest") and top[-1][2] >= 0, top  # the phases overlap nowhere
+        assert abs(sum(share for _, _, share in top) - 100) < 0.5
+        for (p, ms, _), (q, inner, _) in zip(rows[recipe], rows[recipe][1:]):
+            if q.count("&nbsp;") > p.count("&nbsp;"):
+                assert inner <= ms + 1e-6, (p, q)
+
+
 def test_train_benchmark_times_stages_1_and_2_in_their_own_loops(data_root, capsys):
     """A pretrain-* or attend-* preset runs that stage's Lightning loop (views, masking, teacher): a row each."""
     sets = f"data.root={data_root},data.val_size=8"

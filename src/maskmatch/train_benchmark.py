@@ -11,11 +11,14 @@ batches (forward and backward), so achieved GFLOP/s can be read against the mach
 A recipe of stage 1 or 2 (a pretrain-* or attend-* preset) runs the stage's own Lightning loop, as `maskmatch
 pretrain` or `attend` trains (views and point sampling, masking, the teacher's forward, losses, optimizer),
 for the same batches after one warm-up step; its FLOPs are counted over a second pass of those steps.
+
+`--profile` times the steps under cProfile and adds where a step's time goes, phase by phase (`train_profile`).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import shlex
 import statistics
@@ -34,6 +37,7 @@ from maskmatch.errors import UserError
 from maskmatch.finetune.commands import RENAMED
 from maskmatch.pipeline import stage_classes
 from maskmatch.pretrain.commands import stage as pretrain_stage
+from maskmatch.train_profile import format_profile, read as read_profile
 
 
 def recipe_stage(spec: str) -> str:
@@ -58,9 +62,9 @@ def recipe_config(spec: str):
     return override(config, [s for s in sets.split(",") if s])
 
 
-def measure_stage(name: str, config, batches: int, seed: int) -> dict:
-    """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), then counts the FLOPs
-    of the same steps in a second pass."""
+def measure_stage(name: str, config, batches: int, seed: int, profile: bool = False) -> dict:
+    """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), under cProfile if
+    `profile`, then counts the FLOPs of the same steps in a second pass."""
     import lightning as L
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -68,16 +72,24 @@ def measure_stage(name: str, config, batches: int, seed: int) -> dict:
     stage = {"pretrain": pretrain_stage, "attend": attend_stage}[name]()
 
     class Clock(L.Callback):
-        images, every_image, pixels, start, seconds = 0, 0, 0, 0.0, 0.0
+        images, every_image, pixels, steps, start, seconds = 0, 0, 0, 0, None, 0.0
+
+        def __init__(self, profiler: cProfile.Profile | None = None):
+            self.profiler = profiler
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.every_image += len(batch)  # the warm-up step's too
-            if batch_idx == 0:
+            if self.start is None:
                 self.start = time.perf_counter()
-            else:
-                self.images += len(batch)
-                self.pixels += int((~batch.mask).sum())
-                self.seconds = time.perf_counter() - self.start
+                if self.profiler:
+                    self.profiler.enable()
+                return
+            self.images += len(batch)
+            self.pixels += int((~batch.mask).sum())
+            self.steps += 1
+            self.seconds = time.perf_counter() - self.start
+            if self.profiler and self.steps == batches:
+                self.profiler.disable()
 
     def fit(clock: Clock):
         torch.manual_seed(seed)
@@ -90,7 +102,7 @@ def measure_stage(name: str, config, batches: int, seed: int) -> dict:
         trainer.fit(module, datamodule=data)
         return module, data
 
-    timed = Clock()
+    timed = Clock(cProfile.Profile() if profile else None)
     module, data = fit(timed)
     counted = Clock()
     with FlopCounterMode(display=False) as counter:
@@ -100,11 +112,13 @@ def measure_stage(name: str, config, batches: int, seed: int) -> dict:
     return {"parameters": trained, "images": timed.images,
             "seconds": timed.seconds, "images_per_s": timed.images / timed.seconds, "gflop_per_image": per_image,
             "achieved_gflops": per_image * timed.images / timed.seconds, "mean_pixels": timed.pixels / timed.images,
-            "symbol_size": float(data.cache.render_config.get("symbol_size", 0))}
+            "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
+            **({"profile": read_profile(timed.profiler, name, timed.steps, timed.seconds)} if profile else {})}
 
 
-def measure(config, batches: int, seed: int) -> dict:
-    """Times `batches` training steps of `config` (after one warm-up step) and counts their FLOPs."""
+def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
+    """Times `batches` training steps of `config` (after one warm-up step), under cProfile if `profile`, and counts
+    their FLOPs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -139,7 +153,10 @@ def measure(config, batches: int, seed: int) -> dict:
 
     loader = iter(data.train_dataloader())
     step(next(loader))  # warm-up: first primitives, allocator
+    profiler = cProfile.Profile() if profile else None
     images, start = 0, time.perf_counter()
+    if profiler:
+        profiler.enable()
     seen = []
     for _ in range(batches):
         try:
@@ -150,6 +167,8 @@ def measure(config, batches: int, seed: int) -> dict:
         images += len(batch)
         seen.append(batch)
     seconds = time.perf_counter() - start
+    if profiler:
+        profiler.disable()
     with FlopCounterMode(display=False) as counter:
         for batch in seen:
             step(batch, count_only=True)
@@ -158,7 +177,8 @@ def measure(config, batches: int, seed: int) -> dict:
     return {"parameters": sum(p.numel() for p in model.parameters()), "images": images, "seconds": seconds,
             "images_per_s": images / seconds, "gflop_per_image": flops / images / 1e9,
             "achieved_gflops": flops / seconds / 1e9, "mean_pixels": pixels / images,
-            "symbol_size": float(data.cache.render_config.get("symbol_size", 0))}
+            "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
+            **({"profile": read_profile(profiler, "finetune", len(seen), seconds)} if profile else {})}
 
 
 def format_table(rows: list[dict], matmul: float, threads: int) -> str:
@@ -185,18 +205,21 @@ def _run(args: argparse.Namespace) -> int:
         try:
             stage = recipe_stage(spec)
             config = recipe_config(spec)
-            row = measure(config, args.batches, args.seed) if stage == "finetune" else \
-                measure_stage(stage, config, args.batches, args.seed)
+            row = measure(config, args.batches, args.seed, args.profile) if stage == "finetune" else \
+                measure_stage(stage, config, args.batches, args.seed, args.profile)
         except (ValueError, FileNotFoundError) as e:
             raise UserError(f"recipe {spec!r}: {e}") from None
         rows.append({"recipe": spec, **row})
         print(f"{spec}: {row['images_per_s']:.1f} images/s", flush=True)
     matmul = statistics.median(matmul_rate(2048, 5))
     table = format_table(rows, matmul, torch.get_num_threads())
+    if args.profile:
+        table += "\n\n" + format_profile(rows)
     print(table)
     if args.markdown:
         command = shlex.join(["maskmatch", "train-benchmark", *args.recipes, "--batches", str(args.batches),
                               *(["--threads", str(args.threads)] if args.threads else []),
+                              *(["--profile"] if args.profile else []),
                               "--seed", str(args.seed), "--markdown", args.markdown])
         text = f"# Training throughput\n\nMade by `{command}`; do not edit by hand.\n\n{table}\n"
         Path(args.markdown).write_text(text, "utf-8")
@@ -214,6 +237,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=positive_int, default=40, help="timed batches per recipe (default 40)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0, help="which batches (default 0)")
+    p.add_argument("--profile", action="store_true",
+                   help="time the steps under cProfile and add a table of where a step's time goes")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write the table, with this command, as Markdown")
     p.set_defaults(run=_run)

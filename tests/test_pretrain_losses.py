@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from maskmatch.pretrain.config import ViewConfig
 from maskmatch.pretrain.global_loss import GlobalInfoNCE
 from maskmatch.pretrain.local_loss import LocalInfoNCE
 from maskmatch.pretrain.probe import global_retrieval, local_matching
-from maskmatch.pretrain.views import largest_view, make_views, map_points, sample_at
+from maskmatch.pretrain.views import largest_view, make_views, map_points, max_filter3, sample_at
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,6 +157,13 @@ def test_views_are_a_pure_function_of_the_seed_and_fit_their_bound():
         for (h, w), box in zip(((40 + 6 * i, 100 + 12 * i) for i in range(4)), transform.box.tolist()):
             bound = largest_view(h, w, config)
             assert box[0] <= bound[0] and box[1] <= bound[1]
+
+
+def test_max_filter3_is_max_pool2d():
+    """The views' stroke dilation and erosion: the separable 3 x 3 maximum equals PyTorch's max_pool2d, edges too."""
+    x = torch.randn(3, 2, 7, 10)
+    for image in (x, -x, x[:, :, :1], x[..., :1]):
+        assert torch.equal(max_filter3(image), F.max_pool2d(image, 3, stride=1, padding=1))
 
 
 def test_sample_at_reads_cell_centres():

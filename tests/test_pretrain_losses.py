@@ -10,7 +10,7 @@ from maskmatch.pretrain.config import ViewConfig
 from maskmatch.pretrain.global_loss import GlobalInfoNCE
 from maskmatch.pretrain.local_loss import LocalInfoNCE
 from maskmatch.pretrain.probe import global_retrieval, local_matching
-from maskmatch.pretrain.views import largest_view, make_views, map_points, max_filter3, sample_at
+from maskmatch.pretrain.views import largest_view, make_views, map_points, max_filter3, sample_at, upsample_rows
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -164,6 +164,13 @@ def test_max_filter3_is_max_pool2d():
     x = torch.randn(3, 2, 7, 10)
     for image in (x, -x, x[:, :, :1], x[..., :1]):
         assert torch.equal(max_filter3(image), F.max_pool2d(image, 3, stride=1, padding=1))
+
+
+def test_upsample_rows_is_bicubic_interpolate():
+    """The elastic field's upsampling by two matmuls is F.interpolate's bicubic (align_corners), which it replaces."""
+    control = torch.randn(2, 2, 4, 6)
+    fast = upsample_rows(4, 37, control.device) @ control @ upsample_rows(6, 101, control.device).T
+    assert torch.allclose(fast, F.interpolate(control, size=(37, 101), mode="bicubic", align_corners=True), atol=1e-5)
 
 
 def test_sample_at_reads_cell_centres():

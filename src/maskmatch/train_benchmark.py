@@ -12,7 +12,8 @@ A recipe of stage 1 or 2 (a pretrain-* or attend-* preset) runs the stage's own 
 pretrain` or `attend` trains (views and point sampling, masking, the teacher's forward, losses, optimizer),
 for the same batches after one warm-up step; its FLOPs are counted over a second pass of those steps.
 
-`--profile` times the steps under cProfile and adds where a step's time goes, phase by phase (`train_profile`).
+`--profile` runs the same steps once more under cProfile and adds where a step's time goes, phase by phase
+(`train_profile`); the images/s stay those of the unprofiled pass.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def recipe_config(spec: str):
 
 
 def measure_stage(name: str, config, batches: int, seed: int, profile: bool = False) -> dict:
-    """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), under cProfile if
-    `profile`, then counts the FLOPs of the same steps in a second pass."""
+    """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), counts the FLOPs of the
+    same steps in a second pass and, if `profile`, profiles them in a third."""
     import lightning as L
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -102,23 +103,27 @@ def measure_stage(name: str, config, batches: int, seed: int, profile: bool = Fa
         trainer.fit(module, datamodule=data)
         return module, data
 
-    timed = Clock(cProfile.Profile() if profile else None)
+    timed = Clock()
     module, data = fit(timed)
     counted = Clock()
     with FlopCounterMode(display=False) as counter:
         fit(counted)
+    profiled = Clock(cProfile.Profile()) if profile else None
+    if profiled:
+        fit(profiled)
     per_image = counter.get_total_flops() / counted.every_image / 1e9
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)  # not the stage-2 teacher's copy
     return {"parameters": trained, "images": timed.images,
             "seconds": timed.seconds, "images_per_s": timed.images / timed.seconds, "gflop_per_image": per_image,
             "achieved_gflops": per_image * timed.images / timed.seconds, "mean_pixels": timed.pixels / timed.images,
             "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
-            **({"profile": read_profile(timed.profiler, name, timed.steps, timed.seconds)} if profile else {})}
+            **({"profile": read_profile(profiled.profiler, name, profiled.steps, profiled.seconds),
+                "profiled_images_per_s": profiled.images / profiled.seconds} if profiled else {})}
 
 
 def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
-    """Times `batches` training steps of `config` (after one warm-up step), under cProfile if `profile`, and counts
-    their FLOPs."""
+    """Times `batches` training steps of `config` (after one warm-up step), counts their FLOPs and, if `profile`,
+    profiles the same steps in another pass."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,10 +158,7 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
 
     loader = iter(data.train_dataloader())
     step(next(loader))  # warm-up: first primitives, allocator
-    profiler = cProfile.Profile() if profile else None
     images, start = 0, time.perf_counter()
-    if profiler:
-        profiler.enable()
     seen = []
     for _ in range(batches):
         try:
@@ -167,8 +169,18 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
         images += len(batch)
         seen.append(batch)
     seconds = time.perf_counter() - start
-    if profiler:
+    profiled = {}
+    if profile:  # the same batches again, from a fresh loader (its first batch was the warm-up's)
+        loader, profiler = iter(data.train_dataloader()), cProfile.Profile()
+        next(loader)
+        again = time.perf_counter()
+        profiler.enable()
+        for _ in range(len(seen)):
+            step(next(loader))
         profiler.disable()
+        again = time.perf_counter() - again
+        profiled = {"profile": read_profile(profiler, "finetune", len(seen), again),
+                    "profiled_images_per_s": images / again}
     with FlopCounterMode(display=False) as counter:
         for batch in seen:
             step(batch, count_only=True)
@@ -178,7 +190,7 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
             "images_per_s": images / seconds, "gflop_per_image": flops / images / 1e9,
             "achieved_gflops": flops / seconds / 1e9, "mean_pixels": pixels / images,
             "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
-            **({"profile": read_profile(profiler, "finetune", len(seen), seconds)} if profile else {})}
+            **profiled}
 
 
 def format_table(rows: list[dict], matmul: float, threads: int) -> str:
@@ -238,7 +250,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0, help="which batches (default 0)")
     p.add_argument("--profile", action="store_true",
-                   help="time the steps under cProfile and add a table of where a step's time goes")
+                   help="profile the same steps in another pass: a table of where a step's time goes")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write the table, with this command, as Markdown")
     p.set_defaults(run=_run)

@@ -1,10 +1,11 @@
-"""Where a training step's time goes: `maskmatch train-benchmark --profile` times its steps under cProfile and reads
-the cumulative time of each phase of the step, a function of the code that trains (found by its code object, as
-cProfile keys it: no marks in the training code). Rows nest: an indented phase is part of the row above it at
-the lesser indent, and "the rest" of a parent is its time outside the phases listed under it. Shares are of the
-timed steps' wall time, data loading included; the last row is what no phase names (the loop, Lightning's
-hooks, logging, the schedule). cProfile costs about a microsecond per Python call, which the step's few
-thousand calls keep small against its hundreds of milliseconds.
+"""Where a training step's time goes: `maskmatch train-benchmark --profile` runs its steps once more under cProfile
+and reads the cumulative time of each phase of the step, a function of the code that trains (found by its code
+object, as cProfile keys it: no marks in the training code). Rows nest: an indented phase is part of the row
+above it at the lesser indent, and "the rest" of a parent is its time outside the phases listed under it.
+Shares are of the profiled steps' wall time, data loading included; the last row is what no phase names (the
+loop, Lightning's hooks, logging, the schedule). cProfile hooks every Python call, which on 2 threads slows a
+step of many small operations (the decoder's) by a third while the tensor work waits for Python: the table
+gives each recipe's profiled images/s beside the timed ones, and the Python-heavy phases read high.
 """
 
 from __future__ import annotations
@@ -99,10 +100,13 @@ def read(profile: cProfile.Profile, stage: str, steps: int, seconds: float) -> l
 
 def format_profile(recipes: list[dict]) -> str:
     """A Markdown table of every recipe's phases (rows with a "profile")."""
-    lines = ["Where a step's time goes (cProfile over the same timed steps; an indented phase is part of the one "
-             "above it):", "", "| recipe | phase | ms per step | share of the step |", "|---|---|---|---|"]
+    lines = ["Where a step's time goes (cProfile over the same steps, another pass; an indented phase is part of the "
+             "one above it):", "", "| recipe | phase | ms per step | share of the step |", "|---|---|---|---|"]
     for r in recipes:
         for p in r.get("profile", []):
             indent = "&nbsp;&nbsp;" * 2 * p["depth"]
             lines.append(f"| {r['recipe']} | {indent}{p['phase']} | {p['ms_per_step']:.1f} | {100 * p['share']:.1f}% |")
+    rates = [f"{r['recipe']} {r['profiled_images_per_s']:.1f} ({r['images_per_s']:.1f})" for r in recipes
+             if "profiled_images_per_s" in r]
+    lines += ["", "Training images/s under the profiler (unprofiled in brackets): " + "; ".join(rates) + "."]
     return "\n".join(lines)

@@ -3,9 +3,9 @@ and reads the cumulative time of each phase of the step, a function of the code 
 object, as cProfile keys it: no marks in the training code). Rows nest: an indented phase is part of the row
 above it at the lesser indent, and "the rest" of a parent is its time outside the phases listed under it.
 Shares are of the profiled steps' wall time, data loading included; the last row is what no phase names (the
-loop, Lightning's hooks, logging, the schedule). cProfile hooks every Python call, which on 2 threads slows a
-step of many small operations (the decoder's) by a third while the tensor work waits for Python: the table
-gives each recipe's profiled images/s beside the timed ones, and the Python-heavy phases read high.
+loop, Lightning's hooks, logging, the schedule). cProfile hooks every Python call, about a microsecond each
+against a step's hundreds of milliseconds; the table gives each recipe's profiled images/s beside the timed ones
+so that its cost shows (results/train-benchmark.md: within 1 images/s).
 """
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     # each recipe in a fresh process: in one process a recipe ran slower after another (finetune-cpu 41.2 images/s
-    # alone, 35.9 after finetune-small), its allocations and oneDNN's cached kernels staying behind
+    # alone, 35.9 after finetune-small; what stays behind, allocator or oneDNN caches, not traced)
     context = multiprocessing.get_context("spawn")
     for spec in args.recipes:
         with context.Pool(1) as pool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import json
 import shlex
 import statistics
@@ -156,29 +157,26 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
         schedule.step()
         ema.update(model, ema_decay(schedule.last_epoch, config.optim.ema_decay))
 
-    loader = iter(data.train_dataloader())
-    step(next(loader))  # warm-up: first primitives, allocator
-    images, start = 0, time.perf_counter()
-    seen = []
-    for _ in range(batches):
-        try:
-            batch = next(loader)
-        except StopIteration:
-            break
-        step(batch)
-        images += len(batch)
-        seen.append(batch)
-    seconds = time.perf_counter() - start
+    def timed_pass(profiler: cProfile.Profile | None = None) -> tuple[list, float]:
+        """A fresh loader's warm-up step, then `batches` steps -> (their batches, seconds), under `profiler`."""
+        loader = iter(data.train_dataloader())
+        step(next(loader))  # warm-up: first primitives, allocator
+        seen, start = [], time.perf_counter()
+        if profiler:
+            profiler.enable()
+        for batch in itertools.islice(loader, batches):
+            step(batch)
+            seen.append(batch)
+        if profiler:
+            profiler.disable()
+        return seen, time.perf_counter() - start
+
+    seen, seconds = timed_pass()
+    images = sum(len(b) for b in seen)
     profiled = {}
-    if profile:  # the same batches again, from a fresh loader (its first batch was the warm-up's)
-        loader, profiler = iter(data.train_dataloader()), cProfile.Profile()
-        next(loader)
-        again = time.perf_counter()
-        profiler.enable()
-        for _ in range(len(seen)):
-            step(next(loader))
-        profiler.disable()
-        again = time.perf_counter() - again
+    if profile:  # the same batches again: a fresh loader plans the same epoch
+        profiler = cProfile.Profile()
+        _, again = timed_pass(profiler)
         profiled = {"profile": read_profile(profiler, "finetune", len(seen), again),
                     "profiled_images_per_s": images / again}
     with FlopCounterMode(display=False) as counter:

@@ -92,7 +92,7 @@ def read(profile: cProfile.Profile, stage: str, steps: int, seconds: float) -> l
             times.append(cumulative(functions))
     rows = [{"phase": name, "depth": depth, "ms_per_step": 1000 * t / steps, "share": t / seconds}
             for (name, depth, _), t in zip(specs, times) if t is not None]
-    rest = seconds - sum(r["share"] * seconds for r in rows if r["depth"] == 0)
+    rest = seconds - sum(t for (_, depth, _), t in zip(specs, times) if depth == 0 and t is not None)
     rows.append({"phase": "the rest (loop, hooks, logging)", "depth": 0, "ms_per_step": 1000 * rest / steps,
                  "share": rest / seconds})
     return rows

@@ -120,3 +120,29 @@ def test_photographed_variants_come_back_in_the_render_distribution(crohme_archi
     assert 0.6 < np.median(heights) < 1.5, heights  # the size statistic brought every picture back to 28 px
     with pytest.raises(ValueError, match="photo share"):
         VariantConfig(photo_share=1.5)
+
+
+def test_thick_pen_variants_merge_strokes_at_the_symbols_true_size(crohme_archive):
+    """thick_share 1: every variant is a picture drawn with a marker (THICK_PENS of a symbol), read back by
+    normalize_bitmap: its pen measures thick, yet the expression comes back at the plain render's scale (drawn
+    with render_strokes' own thick pen, the merged blots would have shrunk it to a third)."""
+    from maskmatch.data.bitmap import THICK_PEN, read_bitmap
+    from maskmatch.data.inkml import read_inkml
+    from maskmatch.data.render import RenderConfig, render_strokes
+    from maskmatch.data.variants import VariantConfig, photographed, render_variant
+
+    [data] = read_members(crohme_archive, ["2014/18_em_12.inkml"]).values()
+    expression = read_inkml(data)
+    render, config = RenderConfig(symbol_size=28, stroke_width=2.5), VariantConfig(count=1, thick_share=1.0)
+    plain = render_strokes(expression.strokes, render)
+    shares, heights = [], []
+    for seed in range(4):
+        image, share = read_bitmap(photographed(expression.strokes, render, seed, thick=True), render)
+        shares.append(share)
+        heights.append(image.shape[0] / plain.shape[0])
+        assert np.array_equal(render_variant(expression, render, config, None, seed),
+                              render_variant(expression, render, config, None, seed))
+    assert np.median(shares) > 0.8 * THICK_PEN, shares  # thin pictures of this expression measure ~0.05
+    assert 0.7 < np.median(heights) < 1.4, heights
+    with pytest.raises(ValueError, match="thick share"):
+        VariantConfig(photo_share=0.6, thick_share=0.6)

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from maskmatch.data import bitmap, render
@@ -146,6 +146,24 @@ def test_a_render_is_nearly_a_fixed_point(ref):
 )
 def test_users_pictures_meet_the_renders(ref, variant):
     assert_close(normalize_bitmap(photocopy(ref, **variant)), ref)
+
+
+def test_a_blot_of_a_thick_pen_keeps_its_body():
+    """A marker thick for the writing merges strokes: two bars of an "=" become one blot. It is thinned by the
+    pen's excess, not reduced to its medial ridge (a line, or a dot), so the model sees that it was two bars."""
+    image = Image.new("L", (300, 120), 255)
+    pen = ImageDraw.Draw(image)
+    for x in (30, 60, 90, 220, 250):  # strokes 24 px tall of a 5 px pen: a fifth of the writing's size
+        pen.line([(x, 48), (x + 8, 72)], fill=0, width=5)
+    pen.rectangle((140, 54, 180, 66), fill=0)  # the blot, 40 x 12 px
+    out, share = bitmap.read_bitmap(image)
+    assert share > bitmap.THICK_PEN
+    ink = out >= 128
+    labels, _ = ndimage.label(ink, np.ones((3, 3)))
+    boxes = ndimage.find_objects(labels)
+    blot = max(boxes, key=lambda box: box[1].stop - box[1].start)  # the widest piece of ink
+    height, width = blot[0].stop - blot[0].start, blot[1].stop - blot[1].start
+    assert height / width > 0.15 and ink[blot].mean() > 0.8, (height, width)  # the ridge alone: 3 x 54 px
 
 
 def test_the_check_fails_when_the_statistic_is_broken(ref, monkeypatch):

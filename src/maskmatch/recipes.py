@@ -64,9 +64,10 @@ def training_data(config) -> str:
         return "plain" + parts
     meta = Path(config.data.root) / config.data.train_split / FOLDER / "meta.json"
     values = json.loads(meta.read_text("utf-8")) if meta.is_file() else {}
-    swaps, photos = values.get("swap_share"), values.get("photo_share")
+    swaps, photos, thick = values.get("swap_share"), values.get("photo_share"), values.get("thick_share")
     return (f"{config.data.variants} variants" + ("" if swaps is None else f", swaps {swaps:.0%}")
-            + (f", photographed {photos:.0%}" if photos else "") + parts)
+            + (f", photographed {photos:.0%}" if photos else "") + (f", thick pen {thick:.0%}" if thick else "")
+            + parts)
 
 
 def markdown(rows: list[dict], command: str, note: str | None, title: str = TITLE,

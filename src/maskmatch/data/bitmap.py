@@ -226,4 +226,8 @@ def _redraw(ink: np.ndarray, mask: np.ndarray, threshold: float, width: float, z
         ridge = big
     # a disc along the ridge; a pixel at distance r + 0.5 -/+ 0.5 from the ridge is ~0..1 covered
     dist = ndimage.distance_transform_edt(~ridge)
-    return np.clip(radius - _RIDGE_HALF + 0.5 - dist, 0, 1)
+    cover = np.clip(radius - _RIDGE_HALF + 0.5 - dist, 0, 1)
+    # ink wider than the pen (strokes merged into a blot, a bowl filled in) is kept, thinned by the pen's
+    # excess: the ridge alone would reduce a filled bowl to a line and two merged bars to a dot
+    excess = (width * zoom - 2 * radius) / 2
+    return np.maximum(cover, np.clip(d - excess, 0, 1)) if excess > 0 else cover

@@ -18,7 +18,7 @@ def _data_build(args: argparse.Namespace) -> int:
         sizes = {"symbol_size": args.symbol_size, "stroke_width": args.stroke_width}
         render = RenderConfig(**{k: v for k, v in sizes.items() if v is not None})
         variants = VariantConfig(count=args.variants, swap_share=args.swap_share, subexpressions=args.subexpressions,
-                                 photo_share=args.photo_share)
+                                 photo_share=args.photo_share, thick_share=args.thick_share)
         summaries = build(args.source, args.out, splits=args.splits, workers=args.workers, render=render,
                           progress=not args.quiet, variants=variants)
     except ValueError as e:
@@ -65,6 +65,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--photo-share", type=float, default=0.0, metavar="P",
                        help="in variants, photograph the render (pen, paper, blur, noise, JPEG) and read it back as "
                             "users' pictures are read, with probability P (default 0)")
+    build.add_argument("--thick-share", type=float, default=0.0, metavar="P",
+                       help="in variants, photograph it with a marker-thick pen (0.15 to 0.35 of a symbol: strokes "
+                            "merging) instead, with probability P (default 0)")
     build.set_defaults(run=_data_build)
 
     sheet = data_commands.add_parser("sheet", help="draw a contact sheet of random samples of a built split")

@@ -135,6 +135,9 @@ THICK_PEN = 0.15
 _RIDGE_HALF = 0.25  # the ridge is 1-2 working px thick: the disc radius is reduced by half of the excess
 _MAX_SIDE = 2048  # px: a larger picture is first shrunk to this by area averaging
 _MIN_CONTRAST = 0.25  # ink must reach this contrast somewhere: below is paper texture, JPEG noise
+# A pen within these shares of the render's, at its scale, is kept as drawn, not redrawn along its ridge: training
+# draws 0.75-1.35 (DistortConfig.pen), and a render read back measures 0.72-1.2 (its pen quantized by the mask)
+_AS_IS = (0.7, 1.35)
 
 
 def _binarize(ink: np.ndarray) -> tuple[np.ndarray, float]:
@@ -177,7 +180,11 @@ def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfi
     ext_w = max(cols[-1] - cols[0] + 1 - width, 0) * scale
     fit = fit_scale(ext_h, ext_w, cfg)
     k = min(cfg.supersample, 2)  # working supersample: ridge to 1/2 px, edges anti-aliased by distance
-    cover = _redraw(ink, mask, threshold, width, scale * fit * k, max(1.0, cfg.stroke_width * fit) * k / 2)
+    pen = max(1.0, cfg.stroke_width * fit)
+    if _AS_IS[0] <= width * scale * fit / pen <= _AS_IS[1]:  # the render's own pen, near enough: kept as drawn
+        cover = _soft_zoomed(ink, mask, threshold, scale * fit * k)
+    else:
+        cover = _redraw(ink, mask, threshold, width, scale * fit * k, pen * k / 2)
     return finish(np.pad(cover * 255, k).round().astype(np.uint8), k, cfg), width / stat if stat > 0 else 0.0
 
 
@@ -203,6 +210,15 @@ def _find_ink(image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray, 
     if not mask.any():
         raise ValueError("no ink found in the image (only specks)")
     return ink, mask, threshold, width
+
+
+def _soft_zoomed(ink: np.ndarray, mask: np.ndarray, threshold: float, zoom: float) -> np.ndarray:
+    """The soft ink (h, w) of the kept components (anti-aliased edges kept, 0.5 at Otsu's threshold), padded and
+    zoomed `zoom` times: the coverage (H, W) float in [0, 1]."""
+    soft = np.pad(np.clip(ink / (2 * threshold), 0, 1) * ndimage.binary_dilation(mask, EIGHT), 2).astype(np.float32)
+    size = (max(1, round(soft.shape[1] * zoom)), max(1, round(soft.shape[0] * zoom)))
+    resample = Image.Resampling.BOX if zoom < 1 else Image.Resampling.BILINEAR
+    return np.clip(np.asarray(Image.fromarray(soft).resize(size, resample)), 0, 1)
 
 
 def _redraw(ink: np.ndarray, mask: np.ndarray, threshold: float, width: float, zoom: float,

@@ -148,6 +148,19 @@ def test_users_pictures_meet_the_renders(ref, variant):
     assert_close(normalize_bitmap(photocopy(ref, **variant)), ref)
 
 
+def test_a_pen_in_the_renders_range_is_kept_as_drawn(ref, monkeypatch):
+    """A picture drawn with about the render's pen at its scale (a render saved and read back) is resampled with
+    its anti-aliased edges; a pen twice as thick is redrawn along its ridge at the render's pen."""
+    redraws = []
+    redraw = bitmap._redraw
+    monkeypatch.setattr(bitmap, "_redraw", lambda *args: redraws.append(args) or redraw(*args))
+    assert_close(normalize_bitmap(ref), ref)
+    assert_close(normalize_bitmap(photocopy(ref, zoom=1.0, dilate=0, canvas=2)), ref)
+    assert not redraws
+    assert_close(normalize_bitmap(photocopy(ref, zoom=1.0, dilate=2, canvas=2)), ref)
+    assert len(redraws) == 1
+
+
 def test_a_blot_of_a_thick_pen_keeps_its_body():
     """A marker thick for the writing merges strokes: two bars of an "=" become one blot. It is thinned by the
     pen's excess, not reduced to its medial ridge (a line, or a dot), so the model sees that it was two bars."""

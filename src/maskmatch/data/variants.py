@@ -7,8 +7,8 @@ variant then arrives as a user's picture would (`photographed`: drawn at another
 fifth-of-a-symbol pen, dark on light paper, blurred, noised, JPEG-compressed) and is read back by
 `normalize_bitmap`, so that training sees what that path makes of a picture; with probability `thick_share` it is
 photographed with a marker-thick pen instead (THICK_PENS of a symbol: neighbouring strokes merge, as a felt pen
-on a long expression makes them). Each variant is a pure function of
-(ink, configs, name, v), so a build is reproducible. Entry i * K + (v - 1) of the variants cache is
+on a long expression makes them). Each variant is a pure function of (ink, configs, name, v), so a build is
+reproducible. Entry i * K + (v - 1) of the variants cache is
 variant v of entry i of the split's cache; its meta.json adds "variants", "distort", "swap_share",
 "photo_share" and "thick_share".
 Only the training split gets variants: validation is carved from it but reads the plain cache, and the
@@ -95,8 +95,9 @@ def photographed(strokes: list[np.ndarray], render: RenderConfig, seed: int, thi
     if not thick:
         ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=pen, max_height=1024,
                                               max_width=4096, padding=int(size), supersample=2))
-    else:  # placed with a thin pen, then widened: render_strokes would scale the merged blots of a thick pen
-        pen = size * float(rng.uniform(*THICK_PENS))  # down to its symbol size, and draw a tiny expression
+    else:  # placed at a thin pen, then widened: at a thick pen render_strokes would measure merged blots and
+        # draw the expression several times too small
+        pen = size * float(rng.uniform(*THICK_PENS))
         ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=2.0, max_height=1024,
                                               max_width=4096, padding=int(2 * size), supersample=2))
         r = (pen - 2.0) / 2  # the wide margin: normalize_bitmap's background window is <= an eighth of the picture

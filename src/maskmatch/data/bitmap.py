@@ -138,6 +138,9 @@ _MIN_CONTRAST = 0.25  # ink must reach this contrast somewhere: below is paper t
 # A pen within these shares of the render's, at its scale, is kept as drawn, not redrawn along its ridge: training
 # draws 0.75-1.35 (DistortConfig.pen), and a render read back measures 0.72-1.2 (its pen quantized by the mask)
 _AS_IS = (0.7, 1.35)
+# ... and no more than this enlarged: a thin line blown up comes out blocky (1 px lines in a 256 px canvas, zoomed
+# 1.75-3.4 times, read 0.5 points less of CROHME 2014 resampled than redrawn: results/foreign.md's thin style)
+_AS_IS_ZOOM = 1.5
 
 
 def _binarize(ink: np.ndarray) -> tuple[np.ndarray, float]:
@@ -181,7 +184,8 @@ def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfi
     fit = fit_scale(ext_h, ext_w, cfg)
     k = min(cfg.supersample, 2)  # working supersample: ridge to 1/2 px, edges anti-aliased by distance
     pen = max(1.0, cfg.stroke_width * fit)
-    if _AS_IS[0] <= width * scale * fit / pen <= _AS_IS[1]:  # the render's own pen, near enough: kept as drawn
+    # the render's own pen, near enough, and enough pixels to resample from: kept as drawn
+    if _AS_IS[0] <= width * scale * fit / pen <= _AS_IS[1] and scale * fit <= _AS_IS_ZOOM:
         cover = _soft_zoomed(ink, mask, threshold, scale * fit * k)
     else:
         cover = _redraw(ink, mask, threshold, width, scale * fit * k, pen * k / 2)

@@ -139,7 +139,7 @@ _MIN_CONTRAST = 0.25  # ink must reach this contrast somewhere: below is paper t
 # draws 0.75-1.35 (DistortConfig.pen), and a render read back measures 0.72-1.2 (its pen quantized by the mask)
 _AS_IS = (0.7, 1.35)
 # ... and no more than this enlarged: a thin line blown up comes out blocky (1 px lines in a 256 px canvas, zoomed
-# 1.75-3.4 times, read 0.5 points less of CROHME 2014 resampled than redrawn: results/foreign.md's thin style)
+# 1.75-3.4 times, read 0.5 points less of CROHME 2014 resampled than redrawn: `maskmatch foreign`, its thin style)
 _AS_IS_ZOOM = 1.5
 
 

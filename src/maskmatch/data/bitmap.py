@@ -216,10 +216,13 @@ def _find_ink(image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray, 
     return ink, mask, threshold, width
 
 
-def _soft_zoomed(ink: np.ndarray, mask: np.ndarray, threshold: float, zoom: float) -> np.ndarray:
-    """The soft ink (h, w) of the kept components (anti-aliased edges kept, 0.5 at Otsu's threshold), padded and
-    zoomed `zoom` times: the coverage (H, W) float in [0, 1]."""
-    soft = np.pad(np.clip(ink / (2 * threshold), 0, 1) * ndimage.binary_dilation(mask, EIGHT), 2).astype(np.float32)
+def _soft_zoomed(ink: np.ndarray, mask: np.ndarray, threshold: float, zoom: float, widen: int = 1) -> np.ndarray:
+    """The soft ink (h, w) of the kept components (anti-aliased edges kept, 0.5 at Otsu's threshold), widened by a
+    `widen` px square max filter, padded and zoomed `zoom` times: the coverage (H, W) float in [0, 1]."""
+    soft = np.clip(ink / (2 * threshold), 0, 1) * ndimage.binary_dilation(mask, EIGHT)
+    if widen > 1:
+        soft = ndimage.maximum_filter(soft, widen)
+    soft = np.pad(soft, 2).astype(np.float32)
     size = (max(1, round(soft.shape[1] * zoom)), max(1, round(soft.shape[0] * zoom)))
     resample = Image.Resampling.BOX if zoom < 1 else Image.Resampling.BILINEAR
     return np.clip(np.asarray(Image.fromarray(soft).resize(size, resample)), 0, 1)
@@ -229,14 +232,9 @@ def _redraw(ink: np.ndarray, mask: np.ndarray, threshold: float, width: float, z
             radius: float) -> np.ndarray:
     """The ink (h, w) of a `width` px pen, zoomed `zoom` times, redrawn with a pen of `radius`
     (in zoomed px): the coverage (H, W) float in [0, 1]."""
-    # soft ink of the kept components (anti-aliased edges kept), 0.5 at Otsu's threshold
-    soft = np.clip(ink / (2 * threshold), 0, 1) * ndimage.binary_dilation(mask, EIGHT)
-    if width * zoom < 3:  # thicken first so that shrinking cannot break strokes (the ridge stays)
-        soft = ndimage.maximum_filter(soft, 2 * int(np.ceil((3 / zoom - width) / 2)) + 1)
-    soft = np.pad(soft, 2).astype(np.float32)
-    size = (max(1, round(soft.shape[1] * zoom)), max(1, round(soft.shape[0] * zoom)))
-    resample = Image.Resampling.BOX if zoom < 1 else Image.Resampling.BILINEAR
-    big = np.asarray(Image.fromarray(soft).resize(size, resample)) > 0.5
+    # thickened first where shrinking could break strokes (the ridge stays)
+    widen = 2 * int(np.ceil((3 / zoom - width) / 2)) + 1 if width * zoom < 3 else 1
+    big = _soft_zoomed(ink, mask, threshold, zoom, widen) > 0.5
     # the medial ridge: local maxima of the distance to the background, minus boundary bumps
     d = ndimage.distance_transform_edt(big)
     ridge = big & (d >= ndimage.maximum_filter(d, 3) - 0.5)

@@ -92,15 +92,14 @@ def photographed(strokes: list[np.ndarray], render: RenderConfig, seed: int, thi
     rng = np.random.default_rng([seed, 3])
     size = float(rng.uniform(20, 60))
     pen = float(np.exp(rng.uniform(np.log(1.0), np.log(size / 5))))
-    if not thick:
-        ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=pen, max_height=1024,
-                                              max_width=4096, padding=int(size), supersample=2))
-    else:  # placed at a thin pen, then widened: at a thick pen render_strokes would measure merged blots and
+    if thick:  # placed at a thin pen, then widened: at a thick pen render_strokes would measure merged blots and
         # draw the expression several times too small; the wide margin: normalize_bitmap's background window
         # is at most an eighth of the picture, and must be wider than the pen
         pen = size * float(rng.uniform(*THICK_PENS))
-        ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=2.0, max_height=1024,
-                                              max_width=4096, padding=int(2 * size), supersample=2))
+    ink = render_strokes(strokes, replace(render, symbol_size=size, stroke_width=2.0 if thick else pen,
+                                          max_height=1024, max_width=4096, padding=int(size * (2 if thick else 1)),
+                                          supersample=2))
+    if thick:
         r = (pen - 2.0) / 2
         y, x = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
         ink = ndimage.grey_dilation(ink, footprint=x**2 + y**2 <= r * r)

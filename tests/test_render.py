@@ -161,6 +161,27 @@ def test_a_pen_in_the_renders_range_is_kept_as_drawn(ref, monkeypatch):
     assert len(redraws) == 1
 
 
+def test_a_pen_that_merges_whole_words_is_measured_by_their_height():
+    """A marker so thick for the writing that neighbouring symbols touch makes one wide component, whose width is no
+    symbol's size: the pen share (what the thick-pen warning reads) takes the component's height instead. Thin
+    writing and a lone flat bar (a minus sign, as tall as the pen) stay below THICK_PEN."""
+    def crosses(pen: int, step: int) -> Image.Image:
+        image = Image.new("L", (80 + 6 * step, 120), 255)
+        draw = ImageDraw.Draw(image)
+        for x in range(40, 40 + 6 * step, step):  # six crosses 20 px wide, 40 px tall
+            draw.line([(x, 40), (x + 20, 80)], fill=0, width=pen)
+            draw.line([(x + 20, 40), (x, 80)], fill=0, width=pen)
+        return image
+
+    merged = crosses(pen=16, step=24)  # 0.4 of a symbol: one component 150 px wide
+    assert ndimage.label(np.asarray(merged) < 128, np.ones((3, 3)))[1] == 1
+    assert bitmap.read_bitmap(merged)[1] > bitmap.THICK_PEN
+    assert bitmap.read_bitmap(crosses(pen=3, step=60))[1] < bitmap.THICK_PEN
+    bar = Image.new("L", (300, 60), 255)
+    ImageDraw.Draw(bar).rectangle((40, 27, 260, 33), fill=0)
+    assert bitmap.read_bitmap(bar)[1] < bitmap.THICK_PEN
+
+
 def test_a_blot_of_a_thick_pen_keeps_its_body():
     """A marker thick for the writing merges strokes: two bars of an "=" become one blot. It is thinned by the
     pen's excess, not reduced to its medial ridge (a line, or a dot), so the model sees that it was two bars."""

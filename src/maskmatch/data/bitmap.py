@@ -174,7 +174,7 @@ def normalize_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = Render
 
 
 def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfig()) -> tuple[np.ndarray, float]:
-    """`normalize_bitmap`, and the picture's pen width over its size statistic, as measured (see THICK_PEN)."""
+    """`normalize_bitmap`, and the picture's pen width over its symbol size, as measured (`_pen_share`, THICK_PEN)."""
     ink, mask, threshold, width = _find_ink(image)
     stat = size_statistic(mask, width)
     scale = cfg.symbol_size / stat if stat > 0 else cfg.stroke_width / width  # a lone dot stays a dot
@@ -189,7 +189,24 @@ def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfi
         cover = _soft_zoomed(ink, mask, threshold, scale * fit * k)
     else:
         cover = _redraw(ink, mask, threshold, width, scale * fit * k, pen * k / 2)
-    return finish(np.pad(cover * 255, k).round().astype(np.uint8), k, cfg), width / stat if stat > 0 else 0.0
+    return finish(np.pad(cover * 255, k).round().astype(np.uint8), k, cfg), _pen_share(mask, width, stat)
+
+
+def _pen_share(mask: np.ndarray, width: float, stat: float) -> float:
+    """The pen's width over the writing's symbol size (0.0 for a lone dot). A pen thick enough to merge whole words
+    into one component inflates the size statistic (it counts their widths) while their height still tells the
+    symbols' size: so the size is taken as at most 4/3 of the median height of the components that are neither dots
+    nor flat bars. On the first 300 CROHME 2014 expressions in each style of `data.foreign` (pen share by their
+    strokes): of the markers with a pen of half a symbol or more, 14 of 27 measured over THICK_PEN by the statistic
+    alone, 25 with the cap; of those under 0.15, none and 1 of 119; thin and scan, none of 300 either way."""
+    if stat <= 0:
+        return 0.0
+    labels, _ = ndimage.label(mask, structure=EIGHT)
+    boxes = [(r.stop - r.start, c.stop - c.start) for r, c in ndimage.find_objects(labels)]
+    heights = np.array([tall for tall, wide in boxes if max(tall, wide) >= 3 * width and tall >= 2 * width])
+    heights = heights[heights >= heights.max(initial=0) / 4]  # not a thin pen's dots and bars, a little slanted
+    size = min(stat, 4 / 3 * float(np.median(heights))) if heights.size else stat
+    return width / size
 
 
 def _find_ink(image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray, float, float]:

@@ -1,6 +1,7 @@
 """Recognizer API, `maskmatch recognize` and `maskmatch evaluate`, with a tiny random model (garbage output,
 but well-formed) and, for the scoring loop, a decoder that is told the references."""
 
+import contextlib
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from maskmatch.data.cache import CacheWriter
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import Vocabulary
 from maskmatch.model import Decoder, HMERModel, ModelConfig
-from maskmatch.recognizer import Recognition, Recognizer
+from maskmatch.recognizer import Recognition, Recognizer, agreed
 from maskmatch.weights import save_weights
 
 CROSS = [[[0, 0], [10, 10]], [[10, 0], [0, 10]]]  # an "x" as two strokes
@@ -108,6 +109,28 @@ def test_batch_greedy_and_single_agree(recognizer, files):
     mask = torch.zeros(1, *images[2].shape, dtype=torch.bool)
     greedy = recognizer.model.greedy(collated, mask, grammar=recognizer.grammar)[0]
     assert batch[2].tokens == recognizer.vocabulary.decode(greedy.ids)
+
+
+def test_the_answer_most_reads_give_is_kept_a_tie_going_to_the_first():
+    def read(latex: str, ms: float) -> Recognition:
+        return Recognition(latex, latex.split(), -1.0, ms)
+
+    assert agreed([read("x", 1), read("y", 2), read("y", 3)]).latex == "y"
+    assert agreed([read("x", 1), read("y", 2), read("z", 3)]).latex == "x"
+    assert agreed([read("x", 1), read("y", 2), read("z", 3)]).ms == 6  # the cost of all the reads
+    assert agreed([read("x", 1.5)]).ms == 1.5
+
+
+def test_reading_at_several_scales(recognizer, files):
+    for x in (CROSS, files["dark"]):
+        images, _ = recognizer.read(x, (1.0, 1.5))
+        assert images[0].shape == recognizer.preprocess(x).shape and images[1].shape[0] > images[0].shape[0]
+        # two reads at 1.5 agree and outvote the one at 1: the answer is that of 1.5 alone
+        assert (recognizer.recognize(x, beam_size=1, scales=(1.0, 1.5, 1.5)).tokens
+                == recognizer.recognize(x, beam_size=1, scales=(1.5,)).tokens)
+    assert recognizer.recognize(CROSS, scales=(1.0,)).tokens == recognizer.recognize(CROSS).tokens
+    with pytest.raises(ValueError, match="between 0.5 and 2"):
+        recognizer.recognize(CROSS, scales=(1.0, 3.0))
 
 
 # ---------------------------------------------------------------- per-token attention
@@ -354,6 +377,26 @@ def test_evaluate_scoring_with_a_decoder_told_the_references(model_path, tmp_pat
     result = json.loads(scores.read_text("utf-8"))["2016"]
     assert result["unparsed"] == 1 and result["decoding"] == "beam 10, unconstrained"
     capsys.readouterr()
+
+
+def test_evaluate_and_recognize_at_several_scales(model_path, tmp_path, files, capsys):
+    make_split(tmp_path / "pictures", cached=False)
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", str(tmp_path / "pictures"), "--model", str(model_path), "--greedy", "--scales",
+                 "1,1.12,1.25", "--json", str(scores)]) == 0
+    assert json.loads(scores.read_text("utf-8"))["pictures"]["n"] == 4
+    make_split(tmp_path / "built", cached=True)
+    assert main(["evaluate", str(tmp_path / "built"), "--model", str(model_path), "--greedy", "--scales", "1,1.2"]) == 2
+    assert "already at the model's scale" in capsys.readouterr().err
+    assert main(["recognize", str(files["good"]), str(files["x"]), "--model", str(model_path), "--greedy",
+                 "--scales", "1,1.12,1.25"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    for bad in ("1,3", "1,x"):
+        with pytest.raises(SystemExit) if bad == "1,x" else contextlib.nullcontext():
+            code = main(["recognize", str(files["good"]), "--model", str(model_path), "--scales", bad])
+            assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # argparse prints its usage above
+        assert err.endswith("(shares of the model's symbol size)" if bad == "1,3" else "e.g. 1,1.12,1.25")
 
 
 def test_evaluate_refuses_a_folder_without_captions(model_path, tmp_path, capsys):

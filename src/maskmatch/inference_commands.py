@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from maskmatch.cli_args import positive_int
+from maskmatch.cli_args import positive_int, scales
 from maskmatch.data.source import offline_split
 from maskmatch.errors import UserError
 from maskmatch.formats import FORMATS, formatted
@@ -27,10 +27,11 @@ MAX_STDIN = 64 * 2**20  # bytes read from standard input at most
 
 
 def _recognizer(args: argparse.Namespace):
-    from maskmatch.recognizer import Recognizer
+    from maskmatch.recognizer import Recognizer, check_scales
 
     limit_heap_growth()  # many batches in one process: see memory.py
     try:
+        check_scales(args.scales)
         return Recognizer.load(args.model, args.device, constrained=not getattr(args, "unconstrained", False),
                                runtime=args.runtime)
     except ValueError as e:
@@ -82,17 +83,20 @@ def _stdin_bytes() -> bytes:
 def _recognize(args: argparse.Namespace) -> int:
     """Inputs in windows of WINDOW batches: each window is preprocessed, decoded in batches of like-sized images
     (little padding: less time and memory than batches in name order), and printed in the order given."""
-    rec, beam = _recognizer(args), _beam(args)
+    from maskmatch.recognizer import agreed
+
+    rec, beam, k = _recognizer(args), _beam(args), len(args.scales)
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
     for at in range(0, len(inputs), window):
-        entries, images, warnings, spent = [], [], [], []  # entries: (path, image position or the problem), in order
+        # entries: (path, input position or the problem), in order; input i's reads are images[i * k : i * k + k]
+        entries, images, warnings, spent = [], [], [], []
         for path, problem in inputs[at : at + window]:
             start = time.perf_counter()
             if problem is None:
                 try:
-                    image, warned = rec.prepare(_stdin_bytes() if path == STDIN else path)
-                    images.append(image)
+                    read, warned = rec.read(_stdin_bytes() if path == STDIN else path, args.scales)
+                    images += read
                     warnings.append(warned)
                 except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
                     problem = _reason(e)
@@ -102,9 +106,10 @@ def _recognize(args: argparse.Namespace) -> int:
                     print(f"{path}: {problem}", file=sys.stderr)
                 failed += 1
                 continue
-            entries.append((path, len(images) - 1))
+            entries.append((path, len(warnings) - 1))
             spent.append(1000 * (time.perf_counter() - start))
-        results = decode_batched(rec, images, beam, args.batch_size, n_best=args.n_best)
+        reads = decode_batched(rec, images, beam, args.batch_size, n_best=args.n_best)
+        results = [agreed(reads[i * k : i * k + k]) for i in range(len(warnings))]
         for path, found in entries:
             if isinstance(found, str):  # with --json, in the stream of answers, so that their reader sees it
                 if args.json:
@@ -170,11 +175,13 @@ def _prenormalized(folder: Path, render) -> bool:
         return False
 
 
-def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict, list[dict]]:
+def evaluate_split(rec, folder: Path, beam: int, batch_size: int,
+                   read_scales: tuple[float, ...] = (1.0,)) -> tuple[dict, list[dict]]:
     """One offline split -> (scores as in the JSON file, per-expression rows). Unreadable images are
-    reported on stderr and count as wrong (empty prediction)."""
+    reported on stderr and count as wrong (empty prediction). Several read_scales: each image is read at each
+    (`Recognizer.read`) and scored by the answer most reads give (`agreed`)."""
     from maskmatch.data.images import load_image
-    from maskmatch.data.bitmap import normalize_bitmap
+    from maskmatch.recognizer import agreed
 
     start = time.perf_counter()
     if not (folder / "caption.txt").is_file():
@@ -182,17 +189,21 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int) -> tuple[dict,
     split = offline_split(folder)
     for file, reason in split.problems:
         print(f"{folder / file}: {reason}; not counted", file=sys.stderr)
-    as_is = _prenormalized(folder, rec.render)
-    images = {}  # item index -> normalized uint8 (H, W)
+    as_is, k = _prenormalized(folder, rec.render), len(read_scales)
+    if as_is and k > 1:
+        raise UserError(f"{folder}: a built split, its images already at the model's scale; --scales reads pictures "
+                        "(a folder of images without cache/)")
+    images = {}  # item index -> its normalized uint8 (H, W) reads, one per scale
     for i, item in enumerate(split.items):
         try:
             image = load_image(item.path)
-            images[i] = image if as_is else normalize_bitmap(image, rec.render)
+            images[i] = [image] if as_is else rec.read(image, read_scales)[0]
         except Exception as e:  # noqa: BLE001 - counted as wrong, not a crash
             print(f"{item.path}: {_reason(e)}; counted as wrong", file=sys.stderr)
+    reads = decode_batched(rec, [r for per in images.values() for r in per], beam, batch_size, progress=folder.name)
     predictions = [""] * len(split.items)
-    for i, r in zip(images, decode_batched(rec, list(images.values()), beam, batch_size, progress=folder.name)):
-        predictions[i] = r.latex
+    for n, i in enumerate(images):
+        predictions[i] = agreed(reads[n * k : n * k + k]).latex
     references = [item.caption for item in split.items]
     scores = expression_scores(predictions, references)
     seconds = time.perf_counter() - start
@@ -233,7 +244,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     results, rows = {}, []
     for folder in folders:
         name = folder.resolve().name if folder.resolve().name not in results else str(folder)
-        results[name], split_rows = evaluate_split(rec, folder, beam, args.batch_size)
+        results[name], split_rows = evaluate_split(rec, folder, beam, args.batch_size, args.scales)
         rows += [{"split": name, **r} for r in split_rows]
     print(format_table(results))
     for path, write in ((args.json, lambda p: p.write_text(json.dumps(results, indent=1) + "\n", "utf-8")),
@@ -256,6 +267,10 @@ def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     decoding.add_argument("--greedy", action="store_true", help="greedy decoding (fastest; same as --beam 1)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
                         help=f"images decoded together (default {batch_size})")
+    parser.add_argument("--scales", type=scales, default=(1.0,), metavar="S,S,...",
+                        help="read each picture or strokes at these shares of the model's symbol size and keep the "
+                        "answer most reads give, a tie to the first (e.g. 1,1.12,1.25: surer, each scale costs a "
+                        "read; default 1)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument("--runtime", choices=("torch", "onnx"),
                         help="onnx: onnxruntime over a folder of `maskmatch export --onnx` given as --model "

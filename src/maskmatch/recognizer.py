@@ -7,12 +7,14 @@ files it is given and returns results; it never prints or writes.
     rec = Recognizer.load("model.safetensors")
     rec.recognize("photo.jpg").latex            # also a PIL image, a numpy array, strokes, an .inkml path
     rec.recognize(strokes, beam_size=1)         # beam_size=1 is greedy decoding: fastest
+    rec.recognize("photo.jpg", scales=READ_SCALES)  # read at three sizes, keep the answer most reads give: surer, 3x
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,13 @@ from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json; with ensemble.json when the package ships
 # an ensemble (ensemble_file.py), of which it is the first member
 RUNTIMES = ("torch", "onnx")
+# Sizes to read an input at, as shares of the model's symbol size, for `scales` (off by default: each costs a read).
+# Chosen on the held-out slice's expressions drawn in `maskmatch foreign`'s styles, among 0.8-1.25; the shipped
+# model, greedy, keeping the answer most reads give (`agreed`), CROHME 2014 drawn thin / marker / scan and our
+# renders read as files: 33.98 / 28.99 / 37.64 / 37.23% against 32.35 / 27.57 / 34.59 / 34.59% at 1 alone
+# (README, "Recognize and evaluate")
+READ_SCALES = (1.0, 1.12, 1.25)
+MAX_SCALE = 2.0  # a share of the symbol size beyond which (or under its inverse) a read is no longer the writing
 
 
 @dataclass
@@ -166,43 +175,57 @@ class Recognizer:
 
     def prepare(self, x: Any) -> tuple[np.ndarray, list[str]]:
         """`preprocess`, and warnings about the input (a picture's pen thick for its writing: THICK_PEN)."""
+        images, warnings = self.read(x, (1.0,))
+        return images[0], warnings
+
+    def read(self, x: Any, scales: tuple[float, ...]) -> tuple[list[np.ndarray], list[str]]:
+        """`prepare` at each of scales (shares of the model's symbol size, `check_scales`): one image per scale."""
+        check_scales(scales)
         if isinstance(x, (str, Path)) and Path(x).suffix.lower() == ".inkml":
-            return render_strokes(read_inkml(x).strokes, self.render), []
-        if isinstance(x, (bytes, bytearray)) and bytes(x[:256]).lstrip().startswith(b"<"):  # XML: InkML
-            return render_strokes(read_inkml(bytes(x)).strokes, self.render), []
-        if isinstance(x, Ink):
-            return render_strokes(x.strokes, self.render), []
-        if isinstance(x, (list, tuple)):
-            return render_strokes(_strokes(x), self.render), []
+            x = read_inkml(x)
+        elif isinstance(x, (bytes, bytearray)) and bytes(x[:256]).lstrip().startswith(b"<"):  # XML: InkML
+            x = read_inkml(bytes(x))
+        if isinstance(x, (Ink, list, tuple)):
+            strokes = x.strokes if isinstance(x, Ink) else _strokes(x)
+            return [render_strokes(strokes, self._at(s)) for s in scales], []
         if isinstance(x, (str, Path, bytes, bytearray)):
             x = load_image(x if isinstance(x, (str, Path)) else bytes(x))
         if not isinstance(x, (Image.Image, np.ndarray)):
             raise ValueError(f"cannot recognize a {type(x).__name__}: pass a path, an image, an array or strokes")
-        image, pen = read_bitmap(x, self.render)
-        if pen < THICK_PEN:
-            return image, []
-        return image, [f"the pen is thick for the writing's size ({pen:.2f} of a symbol): neighbouring strokes may "
-                       "merge; write larger or with a thinner pen"]
+        images, pens = zip(*(read_bitmap(x, self._at(s)) for s in scales))
+        if pens[0] < THICK_PEN:
+            return list(images), []
+        return list(images), [f"the pen is thick for the writing's size ({pens[0]:.2f} of a symbol): neighbouring "
+                              "strokes may merge; write larger or with a thinner pen"]
+
+    def _at(self, scale: float) -> RenderConfig:
+        """The model's render config with symbols `scale` times its size."""
+        return self.render if scale == 1 else replace(self.render, symbol_size=self.render.symbol_size * scale)
 
     # ------------------------------------------------------------ recognition
 
-    def recognize(self, x: Any, beam_size: int = 10, attention: bool = False, n_best: int = 1) -> Recognition:
+    def recognize(self, x: Any, beam_size: int = 10, attention: bool = False, n_best: int = 1,
+                  scales: tuple[float, ...] = (1.0,)) -> Recognition:
         """One input -> its Recognition. beam_size 1 decodes greedily (the ids equal beam search's with one beam);
         attention=True fills Recognition.attention (the decoded tokens are the same either way); n_best > 1 fills
-        Recognition.alternatives with up to that many of the beam's answers (at most beam_size)."""
-        return self.recognize_batch([x], beam_size, attention, n_best)[0]
+        Recognition.alternatives with up to that many of the beam's answers (at most beam_size). Several scales
+        (e.g. READ_SCALES) read the input at each of those sizes and keep the answer most reads give (`agreed`):
+        each scale costs a read."""
+        return self.recognize_batch([x], beam_size, attention, n_best, scales)[0]
 
     def recognize_batch(self, xs: list[Any], beam_size: int = 10, attention: bool = False,
-                        n_best: int = 1) -> list[Recognition]:
+                        n_best: int = 1, scales: tuple[float, ...] = (1.0,)) -> list[Recognition]:
         """Inputs -> Recognitions in order, decoded as one padded batch; the first bad input raises ValueError."""
         images, warnings, spent = [], [], []
         for x in xs:
             start = time.perf_counter()
-            image, warned = self.prepare(x)
-            images.append(image)
+            read, warned = self.read(x, scales)
+            images += read
             warnings.append(warned)
             spent.append(time.perf_counter() - start)
-        results = self.decode(images, beam_size, attention, n_best)
+        reads = self.decode(images, beam_size, attention, n_best)
+        k = len(scales)
+        results = [agreed(reads[i * k : i * k + k]) for i in range(len(xs))]
         for r, w, s in zip(results, warnings, spent):
             r.ms, r.warnings = round(r.ms + 1000 * s, 2), w
         return results
@@ -271,6 +294,23 @@ class Recognizer:
             h, w = -(-heights[b] // stride), -(-widths[b] // stride)  # ceil
             out.append(weights[b, : len(s), :h, :w].numpy().copy())
         return out
+
+
+def check_scales(scales: tuple[float, ...]) -> None:
+    """ValueError unless scales is one or more sizes within [1 / MAX_SCALE, MAX_SCALE]."""
+    if not scales or not all(1 / MAX_SCALE <= s <= MAX_SCALE for s in scales):
+        raise ValueError(f"scales {list(scales)}: give one or more sizes between {1 / MAX_SCALE} and {MAX_SCALE} "
+                         "(shares of the model's symbol size)")
+
+
+def agreed(reads: list[Recognition]) -> Recognition:
+    """Of one input's reads at several scales, the answer most of them give; a tie goes to the earlier scale.
+    Its ms is that of all the reads."""
+    counts = Counter(r.latex for r in reads)
+    best = max(range(len(reads)), key=lambda i: (counts[reads[i].latex], -i))
+    winner = reads[best]
+    winner.ms = round(sum(r.ms for r in reads), 2)
+    return winner
 
 
 def shipped_model() -> Path:

@@ -48,7 +48,7 @@ RUNTIMES = ("torch", "onnx")
 # renders read as files: 33.98 / 28.99 / 37.64 / 37.23% against 32.35 / 27.57 / 34.59 / 34.59% at 1 alone
 # (README, "Recognize and evaluate")
 READ_SCALES = (1.0, 1.12, 1.25)
-MAX_SCALE = 2.0  # a share of the symbol size beyond which (or under its inverse) a read is no longer the writing
+MAX_SCALE = 2.0  # scales lie within [1 / MAX_SCALE, MAX_SCALE]: far beyond the sizes trained on (0.8-1.2 of the symbol)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +41,18 @@ class Job:
     attention: bool
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A request's value as its error message quotes it: at most `limit` characters, whatever was sent."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _flag(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no", ""):
         return value.lower() in ("1", "true", "yes")
-    raise BadRequest(422, f"{name} must be true or false, got {value!r}")
+    raise BadRequest(422, f"{name} must be true or false, got {_shown(value)}")
 
 
 def _beam(value: Any) -> int:
@@ -54,7 +61,7 @@ def _beam(value: Any) -> int:
     except (TypeError, ValueError):
         beam = None
     if beam is None or not 1 <= beam <= MAX_BEAM:
-        raise BadRequest(422, f"beam must be an integer from 1 (greedy) to {MAX_BEAM}, got {value!r}")
+        raise BadRequest(422, f"beam must be an integer from 1 (greedy) to {MAX_BEAM}, got {_shown(value)}")
     return beam
 
 

@@ -83,13 +83,13 @@ def _stdin_bytes() -> bytes:
 def _recognize(args: argparse.Namespace) -> int:
     """Inputs in windows of WINDOW batches: each window is preprocessed, decoded in batches of like-sized images
     (little padding: less time and memory than batches in name order), and printed in the order given."""
-    from maskmatch.recognizer import agreed
+    from maskmatch.recognizer import agreed_per_input
 
-    rec, beam, k = _recognizer(args), _beam(args), len(args.scales)
+    rec, beam = _recognizer(args), _beam(args)
     inputs, failed = _inputs(args.paths), 0
     window = WINDOW * args.batch_size
     for at in range(0, len(inputs), window):
-        # entries: (path, input position or the problem), in order; input i's reads are images[i * k : i * k + k]
+        # entries: (path, input position or the problem), in order; each input adds one image per scale
         entries, images, warnings, spent = [], [], [], []
         for path, problem in inputs[at : at + window]:
             start = time.perf_counter()
@@ -108,8 +108,8 @@ def _recognize(args: argparse.Namespace) -> int:
                 continue
             entries.append((path, len(warnings) - 1))
             spent.append(1000 * (time.perf_counter() - start))
-        reads = decode_batched(rec, images, beam, args.batch_size, n_best=args.n_best)
-        results = [agreed(reads[i * k : i * k + k]) for i in range(len(warnings))]
+        results = agreed_per_input(decode_batched(rec, images, beam, args.batch_size, n_best=args.n_best),
+                                   len(args.scales))
         for path, found in entries:
             if isinstance(found, str):  # with --json, in the stream of answers, so that their reader sees it
                 if args.json:
@@ -181,7 +181,7 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int,
     reported on stderr and count as wrong (empty prediction). Several read_scales: each image is read at each
     (`Recognizer.read`) and scored by the answer most reads give (`agreed`)."""
     from maskmatch.data.images import load_image
-    from maskmatch.recognizer import agreed
+    from maskmatch.recognizer import agreed_per_input
 
     start = time.perf_counter()
     if not (folder / "caption.txt").is_file():
@@ -189,8 +189,8 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int,
     split = offline_split(folder)
     for file, reason in split.problems:
         print(f"{folder / file}: {reason}; not counted", file=sys.stderr)
-    as_is, k = _prenormalized(folder, rec.render), len(read_scales)
-    if as_is and k > 1:
+    as_is = _prenormalized(folder, rec.render)
+    if as_is and len(read_scales) > 1:
         raise UserError(f"{folder}: a built split, its images already at the model's scale; --scales reads pictures "
                         "(a folder of images without cache/)")
     images = {}  # item index -> its normalized uint8 (H, W) reads, one per scale
@@ -202,8 +202,8 @@ def evaluate_split(rec, folder: Path, beam: int, batch_size: int,
             print(f"{item.path}: {_reason(e)}; counted as wrong", file=sys.stderr)
     reads = decode_batched(rec, [r for per in images.values() for r in per], beam, batch_size, progress=folder.name)
     predictions = [""] * len(split.items)
-    for n, i in enumerate(images):
-        predictions[i] = agreed(reads[n * k : n * k + k]).latex
+    for i, r in zip(images, agreed_per_input(reads, len(read_scales))):
+        predictions[i] = r.latex
     references = [item.caption for item in split.items]
     scores = expression_scores(predictions, references)
     seconds = time.perf_counter() - start

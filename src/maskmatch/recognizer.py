@@ -7,7 +7,7 @@ files it is given and returns results; it never prints or writes.
     rec = Recognizer.load("model.safetensors")
     rec.recognize("photo.jpg").latex            # also a PIL image, a numpy array, strokes, an .inkml path
     rec.recognize(strokes, beam_size=1)         # beam_size=1 is greedy decoding: fastest
-    rec.recognize("photo.jpg", scales=READ_SCALES)  # read at three sizes, keep the answer most reads give: surer, 3x
+    rec.recognize("photo.jpg", scales=READ_SCALES)  # read at three sizes, keep the answer most reads give
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from maskmatch.calibration import confidence
 from maskmatch.data.batching import collate
 from maskmatch.data.images import load_image
 from maskmatch.data.inkml import Ink, read_inkml
-from maskmatch.data.bitmap import THICK_PEN, read_bitmap
+from maskmatch.data.bitmap import THICK_PEN, read_bitmap_at
 from maskmatch.data.render import RenderConfig, render_strokes
 from maskmatch.data.vocab import PAD, SOS, Vocabulary
 from maskmatch.devices import resolve_device
@@ -42,7 +42,8 @@ from maskmatch.weights import load_weights, manifest_vocabulary, render_config
 SHIPPED = "model.safetensors"  # in maskmatch/assets/, beside model.json; with ensemble.json when the package ships
 # an ensemble (ensemble_file.py), of which it is the first member
 RUNTIMES = ("torch", "onnx")
-# Sizes to read an input at, as shares of the model's symbol size, for `scales` (off by default: each costs a read).
+# Sizes to read an input at, as shares of the model's symbol size, for `scales` (off by default: each is drawn and
+# decoded again).
 # Chosen on the held-out slice's expressions drawn in `maskmatch foreign`'s styles, among 0.8-1.25; the shipped
 # model, greedy, keeping the answer most reads give (`agreed`), CROHME 2014 drawn thin / marker / scan and our
 # renders read as files: 33.98 / 28.99 / 37.64 / 37.23% against 32.35 / 27.57 / 34.59 / 34.59% at 1 alone
@@ -192,11 +193,11 @@ class Recognizer:
             x = load_image(x if isinstance(x, (str, Path)) else bytes(x))
         if not isinstance(x, (Image.Image, np.ndarray)):
             raise ValueError(f"cannot recognize a {type(x).__name__}: pass a path, an image, an array or strokes")
-        images, pens = zip(*(read_bitmap(x, self._at(s)) for s in scales))
-        if pens[0] < THICK_PEN:
-            return list(images), []
-        return list(images), [f"the pen is thick for the writing's size ({pens[0]:.2f} of a symbol): neighbouring "
-                              "strokes may merge; write larger or with a thinner pen"]
+        images, pen = read_bitmap_at(x, [self._at(s) for s in scales])  # the ink found once for every scale
+        if pen < THICK_PEN:
+            return images, []
+        return images, [f"the pen is thick for the writing's size ({pen:.2f} of a symbol): neighbouring strokes may "
+                        "merge; write larger or with a thinner pen"]
 
     def _at(self, scale: float) -> RenderConfig:
         """The model's render config with symbols `scale` times its size."""
@@ -223,9 +224,7 @@ class Recognizer:
             images += read
             warnings.append(warned)
             spent.append(time.perf_counter() - start)
-        reads = self.decode(images, beam_size, attention, n_best)
-        k = len(scales)
-        results = [agreed(reads[i * k : i * k + k]) for i in range(len(xs))]
+        results = agreed_per_input(self.decode(images, beam_size, attention, n_best), len(scales))
         for r, w, s in zip(results, warnings, spent):
             r.ms, r.warnings = round(r.ms + 1000 * s, 2), w
         return results
@@ -311,6 +310,11 @@ def agreed(reads: list[Recognition]) -> Recognition:
     winner = reads[best]
     winner.ms = round(sum(r.ms for r in reads), 2)
     return winner
+
+
+def agreed_per_input(reads: list[Recognition], k: int) -> list[Recognition]:
+    """Reads of inputs in order, k for each (one per scale, in the scales' order) -> each input's `agreed` answer."""
+    return [agreed(reads[i : i + k]) for i in range(0, len(reads), k)]
 
 
 def shipped_model() -> Path:

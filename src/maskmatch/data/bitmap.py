@@ -175,12 +175,26 @@ def normalize_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = Render
 
 def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfig()) -> tuple[np.ndarray, float]:
     """`normalize_bitmap`, and the picture's pen width over its symbol size, as measured (`_pen_share`, THICK_PEN)."""
+    images, share = read_bitmap_at(image, [cfg])
+    return images[0], share
+
+
+def read_bitmap_at(image: np.ndarray | Image.Image, cfgs: list[RenderConfig]) -> tuple[list[np.ndarray], float]:
+    """`read_bitmap` for each of cfgs (e.g. the model's at several symbol sizes), the ink found once: the picture
+    normalized per config, and its pen share."""
     ink, mask, threshold, width = _find_ink(image)
     stat = size_statistic(mask, width)
-    scale = cfg.symbol_size / stat if stat > 0 else cfg.stroke_width / width  # a lone dot stays a dot
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    ext_h = max(rows[-1] - rows[0] + 1 - width, 0) * scale
-    ext_w = max(cols[-1] - cols[0] + 1 - width, 0) * scale
+    extent = (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)  # the ink's height and width in px
+    return [_drawn(ink, mask, threshold, width, stat, extent, cfg) for cfg in cfgs], _pen_share(mask, width, stat)
+
+
+def _drawn(ink: np.ndarray, mask: np.ndarray, threshold: float, width: float, stat: float,
+           extent: tuple[int, int], cfg: RenderConfig) -> np.ndarray:
+    """The ink found by `_find_ink` (its size statistic `stat`, its extent in px) as render_strokes draws under cfg."""
+    scale = cfg.symbol_size / stat if stat > 0 else cfg.stroke_width / width  # a lone dot stays a dot
+    ext_h = max(extent[0] - width, 0) * scale
+    ext_w = max(extent[1] - width, 0) * scale
     fit = fit_scale(ext_h, ext_w, cfg)
     k = min(cfg.supersample, 2)  # working supersample: ridge to 1/2 px, edges anti-aliased by distance
     pen = max(1.0, cfg.stroke_width * fit)
@@ -189,7 +203,7 @@ def read_bitmap(image: np.ndarray | Image.Image, cfg: RenderConfig = RenderConfi
         cover = _soft_zoomed(ink, mask, threshold, scale * fit * k)
     else:
         cover = _redraw(ink, mask, threshold, width, scale * fit * k, pen * k / 2)
-    return finish(np.pad(cover * 255, k).round().astype(np.uint8), k, cfg), _pen_share(mask, width, stat)
+    return finish(np.pad(cover * 255, k).round().astype(np.uint8), k, cfg)
 
 
 def _pen_share(mask: np.ndarray, width: float, stat: float) -> float:

@@ -466,6 +466,24 @@ def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     assert row in table.read_text("utf-8") and "maskmatch train-benchmark finetune-tiny:" in table.read_text("utf-8")
 
 
+def test_train_benchmark_reads_an_epochs_rate_from_its_batches_mean_time():
+    """An epoch of 100 images in 10 batches whose timed 2 took 1 s lasts 5 s: 20 images/s, whatever the timed
+    batches held; a sum over those 2 batches (FLOPs, pixels) is scaled to the epoch's images the same way."""
+    from types import SimpleNamespace
+
+    from maskmatch.train_benchmark import epoch_rate, per_epoch_image
+
+    class Batches:  # an epoch's batches as the benchmark reads them: its images' sizes and its batch count
+        sampler = SimpleNamespace(sizes=np.zeros((100, 2)))
+
+        def __len__(self):
+            return 10
+
+    data = SimpleNamespace(train_batches=Batches())
+    assert epoch_rate(data, timed=2, seconds=1.0) == pytest.approx(20.0)
+    assert per_epoch_image(data, timed=2, total=8.0) == pytest.approx(0.4)  # 4 a batch, 40 in all, over 100 images
+
+
 def test_train_benchmark_profile_finds_every_stages_phases(data_root, capsys):
     """--profile: a row for each phase of each stage's step, found in the code that trains (a renamed or moved
     function would drop its row), nested rows within their parent, and top-level phases that do not overlap."""

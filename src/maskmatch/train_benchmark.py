@@ -3,10 +3,11 @@
 For each recipe (a shipped preset, optionally with overrides: PRESET:KEY=VALUE,KEY=VALUE) it builds the real
 training data of that recipe (its data.root cache, held-out slice removed, scale augmentation, size-bucketed
 batches, its data.workers loaders) and runs the first --batches batches of a shuffled epoch through the real step: bidirectional
-label-smoothed loss, backward, gradient clipping, AdamW with its schedule, the EMA update. Images/s is images
-over the wall time of all of it, data loading and collation included (an epoch's rate, large expressions
-counted as they come; one warm-up batch excluded). FLOPs are counted by PyTorch's FlopCounterMode on the same
-batches (forward and backward), so achieved GFLOP/s can be read against the machine's fp32 matmul rate.
+label-smoothed loss, backward, gradient clipping, AdamW with its schedule, the EMA update, data loading and
+collation included (one warm-up batch excluded). Images/s is an epoch's: the epoch's images over its batch
+count times the timed batches' mean time (`epoch_rate`). FLOPs are counted by PyTorch's FlopCounterMode on the
+same batches (forward and backward) and scaled to the epoch alike, so achieved GFLOP/s can be read against the
+machine's fp32 matmul rate.
 
 A recipe of stage 1 or 2 (a pretrain-* or attend-* preset) runs the stage's own Lightning loop, as `maskmatch
 pretrain` or `attend` trains (views and point sampling, masking, the teacher's forward, losses, optimizer),
@@ -64,6 +65,20 @@ def recipe_config(spec: str):
     return override(config, [s for s in sets.split(",") if s])
 
 
+def epoch_rate(data, timed: int, seconds: float) -> float:
+    """An epoch's images/s from `timed` of its batches taking `seconds`: its images over its batch count times
+    their mean time. The pixel budget makes a step's time nearly independent of how many images it holds (1 to 16
+    in finetune-cpu), so the mean time of a random sample of batches (the first of a shuffled epoch) estimates an
+    epoch's better than the sample's own images over its time: finetune-cpu's first 40 batches read 40.2 images/s
+    that way (their images are smaller than the epoch's), 33.6 this way, and its whole epoch timed 30.7."""
+    return len(data.train_batches.sampler.sizes) / (len(data.train_batches) * seconds / timed)
+
+
+def per_epoch_image(data, timed: int, total: float) -> float:
+    """A quantity summed over `timed` batches (FLOPs, pixels), per image of the epoch (as `epoch_rate`)."""
+    return total / timed * len(data.train_batches) / len(data.train_batches.sampler.sizes)
+
+
 def measure_stage(name: str, config, batches: int, seed: int, profile: bool = False) -> dict:
     """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), counts the FLOPs of the
     same steps in a second pass and, if `profile`, profiles them in a third."""
@@ -74,13 +89,12 @@ def measure_stage(name: str, config, batches: int, seed: int, profile: bool = Fa
     stage = {"pretrain": pretrain_stage, "attend": attend_stage}[name]()
 
     class Clock(L.Callback):
-        images, every_image, pixels, steps, start, seconds = 0, 0, 0, 0, None, 0.0
+        images, pixels, steps, start, seconds = 0, 0, 0, None, 0.0
 
         def __init__(self, profiler: cProfile.Profile | None = None):
             self.profiler = profiler
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.every_image += len(batch)  # the warm-up step's too
             if self.start is None:
                 self.start = time.perf_counter()
                 if self.profiler:
@@ -112,14 +126,15 @@ def measure_stage(name: str, config, batches: int, seed: int, profile: bool = Fa
     profiled = Clock(cProfile.Profile()) if profile else None
     if profiled:
         fit(profiled)
-    per_image = counter.get_total_flops() / counted.every_image / 1e9
+    per_image = per_epoch_image(data, counted.steps + 1, counter.get_total_flops()) / 1e9  # the warm-up step's too
+    rate = epoch_rate(data, timed.steps, timed.seconds)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)  # not the stage-2 teacher's copy
     return {"parameters": trained, "images": timed.images,
-            "seconds": timed.seconds, "images_per_s": timed.images / timed.seconds, "gflop_per_image": per_image,
-            "achieved_gflops": per_image * timed.images / timed.seconds, "mean_pixels": timed.pixels / timed.images,
+            "seconds": timed.seconds, "images_per_s": rate, "gflop_per_image": per_image,
+            "achieved_gflops": per_image * rate, "mean_pixels": per_epoch_image(data, timed.steps, timed.pixels),
             "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
             **({"profile": read_profile(profiled.profiler, name, profiled.steps, profiled.seconds),
-                "profiled_images_per_s": profiled.images / profiled.seconds} if profiled else {})}
+                "profiled_images_per_s": epoch_rate(data, profiled.steps, profiled.seconds)} if profiled else {})}
 
 
 def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
@@ -178,15 +193,16 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
         profiler = cProfile.Profile()
         _, again = timed_pass(profiler)
         profiled = {"profile": read_profile(profiler, "finetune", len(seen), again),
-                    "profiled_images_per_s": images / again}
+                    "profiled_images_per_s": epoch_rate(data, len(seen), again)}
     with FlopCounterMode(display=False) as counter:
         for batch in seen:
             step(batch, count_only=True)
-    flops = counter.get_total_flops()
+    per_image = per_epoch_image(data, len(seen), counter.get_total_flops()) / 1e9
     pixels = sum(int((~b.mask).sum()) for b in seen)
+    rate = epoch_rate(data, len(seen), seconds)
     return {"parameters": sum(p.numel() for p in model.parameters()), "images": images, "seconds": seconds,
-            "images_per_s": images / seconds, "gflop_per_image": flops / images / 1e9,
-            "achieved_gflops": flops / seconds / 1e9, "mean_pixels": pixels / images,
+            "images_per_s": rate, "gflop_per_image": per_image,
+            "achieved_gflops": per_image * rate, "mean_pixels": per_epoch_image(data, len(seen), pixels),
             "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
             **profiled}
 

@@ -79,6 +79,15 @@ def per_epoch_image(data, timed: int, total: float) -> float:
     return total / timed * len(data.train_batches) / len(data.train_batches.sampler.sizes)
 
 
+def epoch_row(data, timed: int, seconds: float, pixels: int, counted: int, flops: float) -> dict:
+    """A recipe's numbers per image of an epoch: from `timed` batches of `pixels` taking `seconds`, and `counted`
+    batches of `flops`."""
+    rate, per_image = epoch_rate(data, timed, seconds), per_epoch_image(data, counted, flops) / 1e9
+    return {"images_per_s": rate, "gflop_per_image": per_image, "achieved_gflops": per_image * rate,
+            "mean_pixels": per_epoch_image(data, timed, pixels),
+            "symbol_size": float(data.cache.render_config.get("symbol_size", 0))}
+
+
 def measure_stage(name: str, config, batches: int, seed: int, profile: bool = False) -> dict:
     """Times `batches` steps of stage 1 or 2's own Lightning loop (after one warm-up step), counts the FLOPs of the
     same steps in a second pass and, if `profile`, profiles them in a third."""
@@ -126,13 +135,10 @@ def measure_stage(name: str, config, batches: int, seed: int, profile: bool = Fa
     profiled = Clock(cProfile.Profile()) if profile else None
     if profiled:
         fit(profiled)
-    per_image = per_epoch_image(data, counted.steps + 1, counter.get_total_flops()) / 1e9  # the warm-up step's too
-    rate = epoch_rate(data, timed.steps, timed.seconds)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)  # not the stage-2 teacher's copy
-    return {"parameters": trained, "images": timed.images,
-            "seconds": timed.seconds, "images_per_s": rate, "gflop_per_image": per_image,
-            "achieved_gflops": per_image * rate, "mean_pixels": per_epoch_image(data, timed.steps, timed.pixels),
-            "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
+    return {"parameters": trained, "images": timed.images, "seconds": timed.seconds,
+            # the FLOPs counted over the warm-up step too
+            **epoch_row(data, timed.steps, timed.seconds, timed.pixels, counted.steps + 1, counter.get_total_flops()),
             **({"profile": read_profile(profiled.profiler, name, profiled.steps, profiled.seconds),
                 "profiled_images_per_s": epoch_rate(data, profiled.steps, profiled.seconds)} if profiled else {})}
 
@@ -197,14 +203,9 @@ def measure(config, batches: int, seed: int, profile: bool = False) -> dict:
     with FlopCounterMode(display=False) as counter:
         for batch in seen:
             step(batch, count_only=True)
-    per_image = per_epoch_image(data, len(seen), counter.get_total_flops()) / 1e9
     pixels = sum(int((~b.mask).sum()) for b in seen)
-    rate = epoch_rate(data, len(seen), seconds)
     return {"parameters": sum(p.numel() for p in model.parameters()), "images": images, "seconds": seconds,
-            "images_per_s": rate, "gflop_per_image": per_image,
-            "achieved_gflops": per_image * rate, "mean_pixels": per_epoch_image(data, len(seen), pixels),
-            "symbol_size": float(data.cache.render_config.get("symbol_size", 0)),
-            **profiled}
+            **epoch_row(data, len(seen), seconds, pixels, len(seen), counter.get_total_flops()), **profiled}
 
 
 def format_table(rows: list[dict], matmul: float, threads: int) -> str:

@@ -466,6 +466,17 @@ def test_train_benchmark_times_the_real_step(data_root, tmp_path, capsys):
     assert row in table.read_text("utf-8") and "maskmatch train-benchmark finetune-tiny:" in table.read_text("utf-8")
 
 
+def test_train_benchmark_recipes_take_list_values_and_name_bad_ones(capsys):
+    """A comma inside a list value belongs to it ('model.stage_layers=[1,2,1],data.workers=0' is two overrides);
+    a value that is not YAML is a one-line error, not a traceback."""
+    from maskmatch.train_benchmark import recipe_config
+
+    config = recipe_config("finetune-cpu:model.stage_layers=[1,2,1],data.workers=0")
+    assert config.model.stage_layers == (1, 2, 1) and config.data.workers == 0
+    assert main(["train-benchmark", "finetune-cpu:model.stage_layers=[1,2"]) == 2
+    assert "'model.stage_layers=[1,2': not a YAML value" in capsys.readouterr().err
+
+
 def test_train_benchmark_reads_an_epochs_rate_from_its_batches_mean_time():
     """An epoch of 100 images in 10 batches whose timed 2 took 1 s lasts 5 s: 20 images/s, whatever the timed
     batches held; a sum over those 2 batches (FLOPs, pixels) is scaled to the epoch's images the same way."""

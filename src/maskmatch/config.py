@@ -65,7 +65,10 @@ def override(config: T, assignments: list[str]) -> T:
             if not isinstance(target.get(part), dict):
                 raise UserError(f"override {assignment!r}: no section {part!r}")
             target = target[part]
-        target[node] = yaml.safe_load(text)
+        try:
+            target[node] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"override {assignment!r}: not a YAML value ({e.problem})") from None
     return from_dict(type(config), values)
 
 

@@ -23,6 +23,7 @@ import argparse
 import cProfile
 import itertools
 import json
+import re
 import shlex
 import statistics
 import time
@@ -51,7 +52,8 @@ def recipe_stage(spec: str) -> str:
 
 def recipe_config(spec: str):
     """'finetune-cpu', 'pretrain-cpu' or 'finetune-small:data.root=data/crohme,data.workers=0' -> that stage's
-    config."""
+    config. A comma starts the next override only before `key=`, so list values keep theirs:
+    'finetune-cpu:model.stage_layers=[1,1,2]'."""
     preset, _, sets = spec.partition(":")
     try:
         preset_name(RENAMED)(preset)  # the hint `finetune --preset` gives for an old name
@@ -62,7 +64,7 @@ def recipe_config(spec: str):
     except FileNotFoundError:
         raise UserError(f"recipe {spec!r}: no preset {preset!r}") from None
     config = parse_config(text, stage_classes()[recipe_stage(spec)], preset)
-    return override(config, [s for s in sets.split(",") if s])
+    return override(config, [s for s in re.split(r",(?=[\w.]+=)", sets) if s])
 
 
 def epoch_rate(data, timed: int, seconds: float) -> float:

@@ -12,7 +12,7 @@ import torch
 from maskmatch.data.render import RenderConfig
 from maskmatch.data.vocab import Vocabulary
 from maskmatch.model import HMERModel, ModelConfig
-from maskmatch.weights import load_weights, save_weights
+from maskmatch.weights import init_from_weights, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,20 @@ def test_save_refuses_reserved_keys_and_wrong_suffix(tmp_path, model):
     with pytest.raises(ValueError, match=".safetensors"):
         save_weights(tmp_path / "m.pt", model, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_residual_encoder_loads_into_one_with_fewer_blocks_per_stage(tmp_path):
+    """--init MODEL --set model.stage_layers=[1,2,1]: a cheaper encoder continues from a deeper one's weights (each
+    stage keeps its first blocks); a deeper stage than the file's is still refused."""
+    config = dict(encoder="resnet", stem_channels=8, stage_widths=(8, 16, 24), d_model=16, nhead=2,
+                  dim_feedforward=32, num_decoder_layers=1)
+    torch.manual_seed(0)
+    deep = HMERModel(ModelConfig(stage_layers=(1, 2, 2), **config))
+    save_weights(tmp_path / "deep.safetensors", deep)
+    shallow = HMERModel(ModelConfig(stage_layers=(1, 2, 1), **config))
+    init_from_weights(shallow, tmp_path / "deep.safetensors")
+    theirs, ours = deep.state_dict(), shallow.state_dict()
+    assert not any(k.startswith("encoder.backbone.stages.2.1.") for k in ours)
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.items())
+    with pytest.raises(ValueError, match="stage_layers"):
+        init_from_weights(HMERModel(ModelConfig(stage_layers=(1, 2, 3), **config)), tmp_path / "deep.safetensors")

@@ -8,7 +8,8 @@ checks all of it against the tensors and fails with one ValueError line when any
 Stage hand-off files (`save_module_weights`) hold only some top-level modules of an HMERModel (stage 1:
 `encoder.*`; stage 2: `encoder.*` and `attention.*`), named exactly as in `HMERModel(config).state_dict()`,
 and their manifest lists them under "modules". `init_from_weights` loads such a file (or a whole model)
-into a model non-strictly and asserts that exactly the other modules' keys are missing.
+into a model non-strictly and asserts that exactly the other modules' keys are missing. A residual encoder
+may load into one with fewer blocks per stage (`shallower_stages`).
 """
 
 from __future__ import annotations
@@ -183,9 +184,10 @@ def init_from_weights(model: HMERModel, path: str | Path) -> dict:
         hint = "; set model.fusion=gate (or tokens) to use its attention network" if "attention" in absent else ""
         raise ValueError(f"{path}: holds {', '.join(absent)} weights, which this model has no module for{hint}")
     theirs, ours = model_config(manifest), model.config
+    tensors, shallower = shallower_stages(tensors, theirs, ours)
     for module in sorted(held):
         for name in MODULE_FIELDS.get(module, ()):
-            if getattr(theirs, name) != getattr(ours, name):
+            if getattr(theirs, name) != getattr(ours, name) and not (shallower and name == "stage_layers"):
                 raise ValueError(f"{path}: its {module} has model.{name}={getattr(theirs, name)!r}, this model "
                                  f"{getattr(ours, name)!r}; set model.{name} to match")
     try:
@@ -198,6 +200,19 @@ def init_from_weights(model: HMERModel, path: str | Path) -> dict:
         raise ValueError(f"{path}: tensors do not match this model's {', '.join(sorted(held))} "
                          f"({len(wrong)} keys differ, e.g. {wrong[:3]})")
     return manifest
+
+
+def shallower_stages(tensors: dict, theirs: ModelConfig, ours: ModelConfig) -> tuple[dict, bool]:
+    """A residual encoder's tensors for one with fewer blocks in some stages: each stage keeps its first blocks
+    (the first, strided one changes the map's shape; each later block adds a residual to it, so a network
+    without the last ones still works, Veit et al. 2016, and retrains from there). Returns the tensors and
+    whether any were dropped; the tensors unchanged where the encoders are not such a pair."""
+    if not (theirs.encoder == ours.encoder == "resnet" and len(theirs.layers) == len(ours.layers)
+            and theirs.layers != ours.layers and all(a <= b for a, b in zip(ours.layers, theirs.layers))):
+        return tensors, False
+    dropped = {f"encoder.backbone.stages.{stage}.{block}."
+               for stage, (kept, held) in enumerate(zip(ours.layers, theirs.layers)) for block in range(kept, held)}
+    return {k: v for k, v in tensors.items() if not any(k.startswith(d) for d in dropped)}, True
 
 
 def extract_modules(source: str | Path, target: str | Path, modules: list[str]) -> None:

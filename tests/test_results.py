@@ -30,6 +30,18 @@ def run(tmp_path) -> Path:
     return folder
 
 
+def test_training_rate_is_images_over_wall_time_not_the_median_window():
+    """Two 60 s windows at 8 and 12 images/s, a 100 s validation, a 20 s window at 40: 2,000 images in 140 s of
+    training, 14.3 images/s (the median window reads 12)."""
+    from maskmatch.results import wall_rate
+
+    records = [{"event": "start", "step": 0}, {"step": 10, "images_per_s": 8.0, "elapsed_s": 60.0},
+               {"event": "checkpoint", "step": 20}, {"step": 20, "images_per_s": 12.0, "elapsed_s": 120.0},
+               {"step": 20, "val_exprate": 1.5, "elapsed_s": 220.0}, {"step": 30, "images_per_s": 40.0, "elapsed_s": 240.0}]
+    assert wall_rate(records) == pytest.approx(2000 / 140)
+    assert wall_rate([{"step": 0, "val_exprate": 0.0, "elapsed_s": 5.0}]) is None
+
+
 def test_examples_are_an_offline_split_the_recognizer_reads():
     names = [line.split("\t")[0] for line in (EXAMPLES / "caption.txt").read_text("utf-8").splitlines()]
     assert len(names) >= 4 and all((EXAMPLES / "img" / f"{n}.png").is_file() for n in names)

@@ -68,8 +68,9 @@ def training_summary(run_dir: Path, manifest: dict) -> dict:
 def wall_rate(records: list[dict]) -> float | None:
     """Training images per second of wall time, data loading and checkpoints included, validation not: each
     logged window's images/s (the images since the record before it, or since the validation before it) times
-    its length, over the windows' total length. Not the median window's rate, which reads high: the pixel
-    budget gives windows of small images many more images/s than windows of large ones."""
+    its length, over the windows' total length: the rate the CPU recipe's issue asks for, rather than the median
+    window's (on 25-step windows the two agree within 1%: 33.1 against 33.4 for the run of training history
+    #18)."""
     images = seconds = last = 0.0
     for record in records:
         if "elapsed_s" not in record:

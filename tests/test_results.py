@@ -37,7 +37,8 @@ def test_training_rate_is_images_over_wall_time_not_the_median_window():
 
     records = [{"event": "start", "step": 0}, {"step": 10, "images_per_s": 8.0, "elapsed_s": 60.0},
                {"event": "checkpoint", "step": 20}, {"step": 20, "images_per_s": 12.0, "elapsed_s": 120.0},
-               {"step": 20, "val_exprate": 1.5, "elapsed_s": 220.0}, {"step": 30, "images_per_s": 40.0, "elapsed_s": 240.0}]
+               {"step": 20, "val_exprate": 1.5, "elapsed_s": 220.0},
+               {"step": 30, "images_per_s": 40.0, "elapsed_s": 240.0}]
     assert wall_rate(records) == pytest.approx(2000 / 140)
     assert wall_rate([{"step": 0, "val_exprate": 0.0, "elapsed_s": 5.0}]) is None
 

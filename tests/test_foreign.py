@@ -12,6 +12,7 @@ from maskmatch.cli import main
 from maskmatch.data.build import build
 from maskmatch.data.foreign import STYLES, pen_share, render_foreign
 from maskmatch.data.inkml import read_inkml
+from maskmatch.data.render import RenderConfig
 from maskmatch.recognizer import Recognizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,3 +75,10 @@ def test_mistakes_are_one_line(source, tmp_path, capsys):
     (tmp_path / "2014" / "caption.txt").write_text("a\tx\n")
     assert main(["foreign", str(source), "--data", str(tmp_path), "--styles", "crayon"]) == 2
     assert "unknown style 'crayon'" in capsys.readouterr().err
+
+
+def test_our_renders_must_be_at_the_models_scale(source, tmp_path, capsys):
+    """Renders at another scale would be read as pictures, resized: not the model's own images to compare with."""
+    build(source, tmp_path, workers=1, progress=False, render=RenderConfig())  # the default 40 px renders
+    assert main(["foreign", str(source), "--data", str(tmp_path), "--device", "cpu"]) == 2
+    assert "not built at the model's scale" in capsys.readouterr().err

@@ -19,10 +19,10 @@ from pathlib import Path
 from maskmatch.cli_args import positive_int
 from maskmatch.data.source import list_splits, open_source
 from maskmatch.errors import UserError
-from maskmatch.inference_commands import _decoding, evaluate_split
+from maskmatch.inference_commands import _decoding, _prenormalized, evaluate_split
 
 BAR = 0.8  # issue 12: each foreign style at least 80% of the ExpRate on our own renders
-PEN_BINS = (0.0, 0.15, 0.25, 0.35)  # lower edges of the pen-share bins (this project's renders: 2.5 / 28 = 0.09)
+PEN_BINS = (0.0, 0.15, 0.25, 0.35)  # lower edges of the pen-share bins (this project's renders: about 0.1)
 
 
 def write_styles(source: str, split_name: str, captions: dict[str, str], out: Path,
@@ -81,7 +81,9 @@ def own_as_files(split_dir: Path, out: Path) -> Path:
     return folder
 
 
-def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: list[dict] = ()) -> str:
+def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: list[dict] = (),
+             render=None) -> str:
+    """foreign.md; render: the model's RenderConfig, whose pen share the by-pen table names."""
     from maskmatch.data.foreign import STYLES
 
     own = rows[0]["exprate"]
@@ -99,14 +101,21 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: li
                      f"| {share} |")
     if pens:
         lines += ["", "By the pen's width as a share of the expression's symbol size in the style's canvas (a fixed "
-                  "pen in a fixed canvas is thick for long expressions; this project's renders draw 2.5 px at 28 px "
-                  "symbols, 0.09): the style's ExpRate beside ours on the same expressions.", "",
+                  f"pen in a fixed canvas is thick for long expressions{_own_pen(render)}): the style's ExpRate beside "
+                  "ours on the same expressions.", "",
                   "| images | pen share | n | ExpRate (%) | ours (%) | share of ours (%) |", "|---|---|---|---|---|---|"]
         for p in pens:
             span = f"{p['low']:.2f}-{p['high']:.2f}" if p["high"] is not None else f">= {p['low']:.2f}"
             share = f"{100 * p['exprate'] / p['ours']:.1f}" if p["ours"] else "-"
             lines.append(f"| {p['images']} | {span} | {p['n']} | {p['exprate']:.2f} | {p['ours']:.2f} | {share} |")
     return "\n".join(lines) + "\n"
+
+
+def _own_pen(render) -> str:
+    if render is None:
+        return ""
+    return (f"; the model's renders draw {render.stroke_width:g} px at {render.symbol_size:g} px symbols, "
+            f"{render.stroke_width / render.symbol_size:.2f}")
 
 
 def _foreign(args: argparse.Namespace) -> int:
@@ -126,6 +135,10 @@ def _foreign(args: argparse.Namespace) -> int:
         rec = Recognizer.load(args.model, args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if not _prenormalized(split_dir, rec.render):  # else "ours" would be our renders resized, not the model's own
+        size, pen = f"{rec.render.symbol_size:g}", f"{rec.render.stroke_width:g}"
+        raise UserError(f"{split_dir}: not built at the model's scale ({size} px symbols, {pen} px pen); give --data "
+                        f"built by maskmatch data build SOURCE --out DIR --symbol-size {size} --stroke-width {pen}")
     with tempfile.TemporaryDirectory(prefix="maskmatch-foreign-") as tmp:
         renders = Path(args.keep) if args.keep else Path(tmp)
         shares = write_styles(args.source, args.split, captions, renders, args.styles)
@@ -140,7 +153,7 @@ def _foreign(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "maskmatch " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["foreign"] else "maskmatch foreign"
-    (out / "foreign.md").write_text(markdown(rows, command, args.split, _decoding(args.beam), pens), "utf-8")
+    (out / "foreign.md").write_text(markdown(rows, command, args.split, _decoding(args.beam), pens, rec.render), "utf-8")
     (out / "foreign.json").write_text(json.dumps({"styles": rows, "by_pen": pens}, indent=1) + "\n", "utf-8")
     print(f"wrote {out / 'foreign.md'}")
     return 0

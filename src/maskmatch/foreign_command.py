@@ -101,8 +101,8 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: li
                      f"| {share} |")
     if pens:
         lines += ["", "By the pen's width as a share of the expression's symbol size in the style's canvas (a fixed "
-                  f"pen in a fixed canvas is thick for long expressions{_own_pen(render)}): the style's ExpRate beside "
-                  "ours on the same expressions.", "",
+                  f"pen in a fixed canvas is thick for long expressions{_own_pen(render)}): the style's ExpRate "
+                  "beside ours on the same expressions.", "",
                   "| images | pen share | n | ExpRate (%) | ours (%) | share of ours (%) |", "|---|---|---|---|---|---|"]
         for p in pens:
             span = f"{p['low']:.2f}-{p['high']:.2f}" if p["high"] is not None else f">= {p['low']:.2f}"
@@ -153,7 +153,8 @@ def _foreign(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "maskmatch " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["foreign"] else "maskmatch foreign"
-    (out / "foreign.md").write_text(markdown(rows, command, args.split, _decoding(args.beam), pens, rec.render), "utf-8")
+    table = markdown(rows, command, args.split, _decoding(args.beam), pens, rec.render)
+    (out / "foreign.md").write_text(table, "utf-8")
     (out / "foreign.json").write_text(json.dumps({"styles": rows, "by_pen": pens}, indent=1) + "\n", "utf-8")
     print(f"wrote {out / 'foreign.md'}")
     return 0

@@ -81,8 +81,7 @@ def own_as_files(split_dir: Path, out: Path) -> Path:
     return folder
 
 
-def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: list[dict] = (),
-             render=None) -> str:
+def markdown(rows: list[dict], command: str, split: str, decoding: str, render, pens: list[dict] = ()) -> str:
     """foreign.md; render: the model's RenderConfig, whose pen share the by-pen table names."""
     from maskmatch.data.foreign import STYLES
 
@@ -100,8 +99,10 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: li
         lines.append(f"| {r['images']} | {drawn[r['images']]} | {r['n']} | {r['exprate']:.2f} | {r['le1']:.2f} "
                      f"| {share} |")
     if pens:
+        own_pen = (f"the model's renders draw {render.stroke_width:g} px at {render.symbol_size:g} px symbols, "
+                   f"{render.stroke_width / render.symbol_size:.2f}")
         lines += ["", "By the pen's width as a share of the expression's symbol size in the style's canvas (a fixed "
-                  f"pen in a fixed canvas is thick for long expressions{_own_pen(render)}): the style's ExpRate "
+                  f"pen in a fixed canvas is thick for long expressions; {own_pen}): the style's ExpRate "
                   "beside ours on the same expressions.", "",
                   "| images | pen share | n | ExpRate (%) | ours (%) | share of ours (%) |", "|---|---|---|---|---|---|"]
         for p in pens:
@@ -109,13 +110,6 @@ def markdown(rows: list[dict], command: str, split: str, decoding: str, pens: li
             share = f"{100 * p['exprate'] / p['ours']:.1f}" if p["ours"] else "-"
             lines.append(f"| {p['images']} | {span} | {p['n']} | {p['exprate']:.2f} | {p['ours']:.2f} | {share} |")
     return "\n".join(lines) + "\n"
-
-
-def _own_pen(render) -> str:
-    if render is None:
-        return ""
-    return (f"; the model's renders draw {render.stroke_width:g} px at {render.symbol_size:g} px symbols, "
-            f"{render.stroke_width / render.symbol_size:.2f}")
 
 
 def _foreign(args: argparse.Namespace) -> int:
@@ -153,7 +147,7 @@ def _foreign(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "maskmatch " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["foreign"] else "maskmatch foreign"
-    table = markdown(rows, command, args.split, _decoding(args.beam), pens, rec.render)
+    table = markdown(rows, command, args.split, _decoding(args.beam), rec.render, pens)
     (out / "foreign.md").write_text(table, "utf-8")
     (out / "foreign.json").write_text(json.dumps({"styles": rows, "by_pen": pens}, indent=1) + "\n", "utf-8")
     print(f"wrote {out / 'foreign.md'}")

@@ -61,6 +61,27 @@ def test_ranks_take_disjoint_equal_shares():
     assert len(flat) == len(set(flat))
 
 
+def test_ranks_steps_hold_batches_of_like_size():
+    """DDP ranks wait for each other at every step: a step's batches are of about the same padded size, while
+    the epoch still takes every batch but the remainder, in a new order each epoch, drawn from the same batches."""
+    sizes = random_sizes(3000)
+    padded = lambda b: len(b) * int(np.prod(sizes[b].max(axis=0)))  # noqa: E731
+    single = BucketBatchSampler(sizes, 300_000, seed=0)
+    ranks = [BucketBatchSampler(sizes, 300_000, seed=0, rank=r, world_size=2) for r in range(2)]
+    plans = []
+    for epoch in range(3):
+        for s in (single, *ranks):
+            s.set_epoch(epoch)
+        a, b = (list(s) for s in ranks)
+        assert len(a) == len(b) == len(single) // 2
+        gaps = [abs(padded(x) - padded(y)) / max(padded(x), padded(y)) for x, y in zip(a, b)]
+        assert np.median(gaps) < 0.02 and np.max(gaps) < 0.5
+        steps = sorted(map(sorted, a + b))
+        assert len(single) - len(steps) == len(single) % 2 and all(x in list(map(sorted, single)) for x in steps)
+        plans.append(a)
+    assert plans[0] != plans[1] != plans[2]
+
+
 def test_cache_round_trip_and_collate(tmp_path):
     images = [np.full((h, w), 200, np.uint8) for h, w in [(10, 20), (30, 15), (5, 5)]]
     tokens = [[5, 6, 7], [8], [9, 10]]

@@ -65,7 +65,6 @@ def test_ranks_steps_hold_batches_of_like_size():
     """DDP ranks wait for each other at every step: a step's batches are of about the same padded size, while
     the epoch still takes every batch but the remainder, in a new order each epoch, drawn from the same batches."""
     sizes = random_sizes(3000)
-    padded = lambda b: len(b) * int(np.prod(sizes[b].max(axis=0)))  # noqa: E731
     single = BucketBatchSampler(sizes, 300_000, seed=0)
     ranks = [BucketBatchSampler(sizes, 300_000, seed=0, rank=r, world_size=2) for r in range(2)]
     plans = []
@@ -74,12 +73,28 @@ def test_ranks_steps_hold_batches_of_like_size():
             s.set_epoch(epoch)
         a, b = (list(s) for s in ranks)
         assert len(a) == len(b) == len(single) // 2
-        gaps = [abs(padded(x) - padded(y)) / max(padded(x), padded(y)) for x, y in zip(a, b)]
+        gaps = [size_gap(x, y, sizes) for x, y in zip(a, b)]
         assert np.median(gaps) < 0.02 and np.max(gaps) < 0.5
         steps = sorted(map(sorted, a + b))
         assert len(single) - len(steps) == len(single) % 2 and all(x in list(map(sorted, single)) for x in steps)
         plans.append(a)
     assert plans[0] != plans[1] != plans[2]
+
+
+def test_ranks_pair_batches_by_the_sizes_the_epoch_trains_at():
+    """The data module rescales each image and draws its variant per epoch: those sizes, not the planned ones."""
+    sizes, shown = random_sizes(3000), {e: random_sizes(3000, seed=e + 1) for e in range(2)}
+    for epoch in range(2):
+        a, b = (BucketBatchSampler(sizes, 300_000, seed=0, rank=r, world_size=2, epoch_sizes=shown.get)
+                for r in range(2))
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        assert np.median([size_gap(x, y, shown[epoch]) for x, y in zip(a, b)]) < 0.02
+
+
+def size_gap(x: list[int], y: list[int], sizes: np.ndarray) -> float:
+    """How much two batches' padded sizes differ, as a share of the larger."""
+    px, py = (len(b) * int(np.prod(sizes[b].max(axis=0))) for b in (x, y))
+    return abs(px - py) / max(px, py)
 
 
 def test_cache_round_trip_and_collate(tmp_path):

@@ -61,42 +61,6 @@ def test_ranks_take_disjoint_equal_shares():
     assert len(flat) == len(set(flat))
 
 
-def test_ranks_steps_hold_batches_of_like_size():
-    """DDP ranks wait for each other at every step: a step's batches are of about the same padded size, while
-    the epoch still takes every batch but the remainder, in a new order each epoch, drawn from the same batches."""
-    sizes = random_sizes(3000)
-    single = BucketBatchSampler(sizes, 300_000, seed=0)
-    ranks = [BucketBatchSampler(sizes, 300_000, seed=0, rank=r, world_size=2) for r in range(2)]
-    plans = []
-    for epoch in range(3):
-        for s in (single, *ranks):
-            s.set_epoch(epoch)
-        a, b = (list(s) for s in ranks)
-        assert len(a) == len(b) == len(single) // 2
-        gaps = [size_gap(x, y, sizes) for x, y in zip(a, b)]
-        assert np.median(gaps) < 0.02 and np.max(gaps) < 0.5
-        steps = sorted(map(sorted, a + b))
-        assert len(single) - len(steps) == len(single) % 2 and all(x in list(map(sorted, single)) for x in steps)
-        plans.append(a)
-    assert plans[0] != plans[1] != plans[2]
-
-
-def test_ranks_pair_batches_by_the_sizes_the_epoch_trains_at():
-    """The data module rescales each image and draws its variant per epoch: those sizes, not the planned ones."""
-    sizes, shown = random_sizes(3000), {e: random_sizes(3000, seed=e + 1) for e in range(2)}
-    for epoch in range(2):
-        a, b = (BucketBatchSampler(sizes, 300_000, seed=0, rank=r, world_size=2, epoch_sizes=shown.get)
-                for r in range(2))
-        a.set_epoch(epoch), b.set_epoch(epoch)
-        assert np.median([size_gap(x, y, shown[epoch]) for x, y in zip(a, b)]) < 0.02
-
-
-def size_gap(x: list[int], y: list[int], sizes: np.ndarray) -> float:
-    """How much two batches' padded sizes differ, as a share of the larger."""
-    px, py = (len(b) * int(np.prod(sizes[b].max(axis=0))) for b in (x, y))
-    return abs(px - py) / max(px, py)
-
-
 def test_cache_round_trip_and_collate(tmp_path):
     images = [np.full((h, w), 200, np.uint8) for h, w in [(10, 20), (30, 15), (5, 5)]]
     tokens = [[5, 6, 7], [8], [9, 10]]

@@ -1,14 +1,13 @@
 """Batches of similar-sized images under a pixel budget, with padding masks.
 
 The budget counts padded pixels, batch size x max height x max width, which is what the encoder
-pays for; packing images of like size keeps the padding small. The batches are fixed by the seed (as
-CoMER builds them once) and their order is shuffled each epoch, a pure function of (seed, epoch); with several
-DDP ranks, each step's batches are of about the same size.
+pays for; packing images of like size keeps the padding small. A batch's composition changes each
+epoch (images of one size bucket are shuffled before packing) and the batch order is shuffled,
+both as pure functions of (seed, epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,13 +79,6 @@ class VariantDataset(CacheDataset):
         extra = self.variants.sizes.reshape(-1, K, 2)[self.indices, : self.count]  # (N, count, 2)
         return np.maximum(super().sizes, extra.max(axis=1)) if self.count else super().sizes
 
-    def drawn_sizes(self, drawn: np.ndarray) -> np.ndarray:
-        """(N, 2) the sizes of the renders `drawn` (N,) picks, 0 plain, 1..count a variant."""
-        K = self.variants.variants
-        extra = self.variants.sizes.reshape(-1, K, 2)[self.indices]  # (N, K, 2)
-        variant = extra[np.arange(len(drawn)), np.maximum(drawn - 1, 0)]
-        return np.where((drawn > 0)[:, None], variant, super().sizes)
-
 
 class WithParts(Dataset):
     """A training set followed by items of another cache (an expression's sub-expressions, data/subexpr.py):
@@ -114,10 +106,6 @@ class WithParts(Dataset):
     @property
     def sizes(self) -> np.ndarray:
         return np.concatenate((self.base.sizes, self.parts.sizes[self.part_indices]))
-
-    def drawn_sizes(self, drawn: np.ndarray) -> np.ndarray:
-        """`VariantDataset.drawn_sizes` of the base, then the parts' (always plain)."""
-        return np.concatenate((self.base.drawn_sizes(drawn[: len(self.base)]), self.parts.sizes[self.part_indices]))
 
 
 NO_LABEL = np.zeros(0, dtype=np.int64)
@@ -164,13 +152,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset positions whose padded size B x maxH x maxW stays within pixel_budget.
 
     sizes: (N, 2) heights and widths. With world_size > 1, rank r takes every world_size-th batch
-    of the epoch's plan (each step's batches of about the same size, by `epoch_sizes(epoch)`, the images' sizes as
-    that epoch trains them, when given), truncated so all ranks take the same number of steps.
+    of the epoch's plan, truncated so all ranks take the same number of steps.
     """
 
     def __init__(self, sizes: np.ndarray, pixel_budget: int, max_batch_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 epoch_sizes: Callable[[int], np.ndarray] | None = None):
+                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
         areas = self.sizes[:, 0] * self.sizes[:, 1]
         if len(areas) and areas.max() > pixel_budget:
@@ -182,7 +168,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.pixel_budget = pixel_budget
         self.max_batch_size = max_batch_size or len(self.sizes) or 1
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.epoch_sizes = epoch_sizes or (lambda epoch: self.sizes)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -210,25 +195,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         if current:
             batches.append(current)
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch])
-            if self.world_size > 1:
-                return self._in_steps(batches, rng, self.epoch_sizes(epoch))
-            batches = [batches[j] for j in rng.permutation(len(batches))]
+            batches = [batches[j] for j in np.random.default_rng([self.seed, epoch]).permutation(len(batches))]
         return batches
-
-    def _in_steps(self, batches: list[list[int]], rng: np.random.Generator, sizes: np.ndarray) -> list[list[int]]:
-        """The batches shuffled in steps of world_size batches of about the same padded size (rank r takes the r-th
-        of each step). Every DDP rank waits for the slowest at each step: in a plain shuffle the larger of two neighbours
-        pads 13% more pixels than their mean (CROHME at 26 px, 400,000 px budget), time the other rank spends idle.
-        `sizes` (N, 2): the images as the epoch draws them (`epoch_sizes`: a random rescale per image turns one plan's
-        13% into 16%, of which pairing by the planned sizes leaves 6%, by the drawn ones nothing). The len %
-        world_size batches that `_mine` leaves out, drawn anew each epoch, come last."""
-        order = rng.permutation(len(batches))
-        left_out, kept = order[: len(batches) % self.world_size], order[len(batches) % self.world_size :]
-        padded = np.array([len(batches[j]) * int(np.prod(sizes[batches[j]].max(axis=0))) for j in kept])
-        steps = kept[np.argsort(padded, kind="stable")].reshape(-1, self.world_size)
-        steps = steps[rng.permutation(len(steps))]
-        return [batches[j] for j in [*steps.ravel(), *left_out]]
 
     def _mine(self) -> list[list[int]]:
         batches = self.plan(self.epoch)

@@ -257,7 +257,7 @@ class FinetuneData(L.LightningDataModule):
         largest = np.array([scaled_size(h, w, high, self.max_height, self.max_width) for h, w in self.train_set.sizes])
         try:
             sampler = BucketBatchSampler(largest.reshape(-1, 2), c.pixel_budget, c.max_batch_size, shuffle=True,
-                                         seed=self.seed, rank=rank, world_size=world, epoch_sizes=self._epoch_sizes)
+                                         seed=self.seed, rank=rank, world_size=world)
             val_sizes = np.array([scaled_size(h, w, self.val_scale, self.max_height, self.max_width)
                                   for h, w in self.val_set.sizes])
             plan = BucketBatchSampler(val_sizes.reshape(-1, 2), c.pixel_budget, c.max_batch_size, seed=c.val_seed).plan(0)
@@ -268,15 +268,6 @@ class FinetuneData(L.LightningDataModule):
         self.val_batches = [[(i, self.val_scale) for i in batch] for batch in plan[rank::world]]
         if len(self.train_batches) == 0:
             raise UserError(f"no training batch for rank {rank} of {world}: too few images")
-
-    def _epoch_sizes(self, epoch: int) -> np.ndarray:
-        """(N, 2) the training images' sizes as `epoch` shows them: the render it draws of each, rescaled by its
-        factor (TrainBatches); DDP ranks' batches are paired by them."""
-        c, n = self.config, len(self.train_set)
-        sizes = self.train_set.drawn_sizes(epoch_variants(n, c.variants, self.seed, epoch)) if c.variants \
-            else self.train_set.sizes
-        scales = epoch_scales(n, c.scale_range, self.seed, epoch)
-        return np.array([scaled_size(h, w, s, self.max_height, self.max_width) for (h, w), s in zip(sizes, scales)])
 
     def train_dataloader(self) -> ResumableLoader:
         dataset = ScaledDataset(self.train_set, self.max_height, self.max_width)

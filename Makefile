@@ -27,12 +27,12 @@ demo: setup
 	$(BIN)/maskmatch recognize $(EXAMPLES)/img
 	$(BIN)/maskmatch evaluate $(EXAMPLES)
 
-# CROHME from the shared archive into data/crohme (the default 40 px renders) and data/crohme28 (the CPU
-# recipe's 28 px renders, which the shipped model trains and is evaluated on, with 4 stroke-distorted variants of
+# CROHME from the shared archive into data/crohme (the default 40 px renders) and data/crohme26 (the CPU
+# recipe's 26 px renders, which the shipped model trains and is evaluated on, with 4 stroke-distorted variants of
 # each training expression, which the finetune-cpu preset draws), and a contact sheet.
 data: setup
 	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)
-	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)28 --symbol-size 28 --stroke-width 2.5 --variants 4
+	$(BIN)/maskmatch data build $(ARCHIVE) --out $(DATA)26 --symbol-size 26 --stroke-width 2.5 --variants 4
 	$(BIN)/maskmatch data sheet $(DATA)/2014 --out out/sheet-2014.png
 
 # KaTeX for `maskmatch serve`'s preview, exactly as web/package-lock.json pins it, into web/node_modules;

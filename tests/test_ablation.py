@@ -53,7 +53,7 @@ def test_arms_train_side_by_side_and_are_reported(data_root, tmp_path, capsys):
 
 def test_arm_arguments_and_names(tmp_path):
     class Args:
-        preset, data, budget, overrides = "train-cpu", "data/crohme28", 30.0, []
+        preset, data, budget, overrides = "train-cpu", "data/crohme26", 30.0, []
     job = Job("B", 0.1, 1, tmp_path / "B", donor=tmp_path / "C")
     argv = train_argv(job, Args)
     assert argv[:2] == ["train", "--preset"] and "--skip-stage2" in argv and "--skip-stage1" not in argv

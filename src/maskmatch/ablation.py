@@ -176,7 +176,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "that says whether the budget separates the arms")
     p.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="arms trained at once (default 1)")
     p.add_argument("--preset", default="train-cpu", help="the train preset of every arm (default train-cpu)")
-    p.add_argument("--data", default="data/crohme28", metavar="DIR", help="built data (default data/crohme28)")
+    p.add_argument("--data", default="data/crohme26", metavar="DIR", help="built data (default data/crohme26)")
     p.add_argument("--tests", type=lambda t: [s for s in t.split(",") if s], default=list(TESTS),
                    help="test splits of --data reported, greedy (default 2014,2016,2019; '' for none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

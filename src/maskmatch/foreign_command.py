@@ -158,7 +158,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("foreign", help="a test split drawn by someone else's pipeline: how well it reads")
     p.add_argument("source", metavar="SOURCE", help="the InkML archive or folder (e.g. ../shared/data/crohme/crohme-inkml.tar.gz)")
     p.add_argument("--split", default="2014", help="the test split (default 2014)")
-    p.add_argument("--data", default="data/crohme28", metavar="DIR", help="built data holding SPLIT (default data/crohme28)")
+    p.add_argument("--data", default="data/crohme26", metavar="DIR", help="built data holding SPLIT (default data/crohme26)")
     p.add_argument("--model", metavar="PATH", help="weights (default: the shipped ones)")
     p.add_argument("--styles", type=lambda t: [s for s in t.split(",") if s], default=[],
                    help="comma-separated, of thin, marker, scan (default all)")

@@ -28,6 +28,10 @@ def test_continuations_add_up_their_cpu_hours(tmp_path):
     text = markdown(entries, "maskmatch history")
     assert "| 2 | bbbbbbbb | yes | #1 (aaaaaaaa) |" in text and "| 3 | cccccccc | yes | #1 (aaaaaaaa) |" in text
     assert "25.00 / 30.00 | - / - | - / - |" in text
+    averaged = manifest("d" * 64, 60.0, init={"file": "x.safetensors", "sha256": "a" * 64})
+    averaged["training"]["averaged_command"] = "maskmatch average runs/d/kept/1.ckpt runs/d/kept/2.ckpt"
+    text = markdown(add(history, averaged), "maskmatch history")  # an average names its own command, then the run's
+    assert "4. `maskmatch average runs/d/kept/1.ckpt runs/d/kept/2.ckpt, of the checkpoints of maskmatch finetune" in text
 
 
 def test_a_run_that_was_not_shipped_is_recorded_but_not_continued(tmp_path):

@@ -40,12 +40,19 @@ def entry(manifest: dict, shipped: bool = True) -> dict:
         "sha256": manifest["weights"]["sha256"],
         "init": init.get("file") or (training.get("config") or {}).get("init"),
         "init_sha256": init.get("sha256"),
-        "command": manifest.get("command", ""),
+        "command": _command(manifest),
         "device": device, "minutes": minutes, "cpu_hours": None if hours == "-" else float(hours),
         "validation": (metrics.get("validation") or {}).get("exprate"),
         "test": {split: {how: s["exprate"] for how, s in by.items()} for split, by in (metrics.get("test") or {}).items()},
         "shipped": shipped,
     }
+
+
+def _command(manifest: dict) -> str:
+    """The command that made the weights: a run's, or for an average of its checkpoints (`maskmatch average`),
+    that average's, of the run's command."""
+    command, averaged = manifest.get("command", ""), (manifest.get("training") or {}).get("averaged_command")
+    return f"{averaged}, of the checkpoints of {command}" if averaged else command
 
 
 def ensemble_entry(record: dict, members: list[dict]) -> dict:

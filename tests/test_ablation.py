@@ -10,6 +10,7 @@ from conftest import build_train_split
 from maskmatch.ablation import Job, plan_jobs, train_argv
 from maskmatch.ablation_report import parse_name, run_name
 from maskmatch.cli import main
+from maskmatch.pipeline import preset_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,6 +64,7 @@ def test_arm_arguments_and_names(tmp_path):
     (tmp_path / "B" / "train.json").write_text("{}")
     assert train_argv(job, Args) == ["train", "--out", str(tmp_path / "B"), "--resume", "--quiet"]
     assert parse_name(run_name("C-tokens", 0.25, 2)) == ("C-tokens", 25.0, 2)
+    assert preset_data("train-cpu") == "data/crohme26"  # --data's default: what `make data` builds for the recipe
 
 
 def test_each_seed_trains_stages_1_and_2_once():

@@ -26,6 +26,7 @@ from maskmatch.engine.schedule import ema_decay, lr_factor, plan_total_steps
 from maskmatch.errors import UserError
 from maskmatch.finetune.config import OptimConfig
 from maskmatch.finetune.module import ema_model
+from maskmatch.inference_commands import DEFAULT_DATA, model_data
 from maskmatch.recognizer import Recognizer
 from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
@@ -372,7 +373,10 @@ def test_validate_average_and_calibrate_on_a_run(data_root, reference_run, tmp_p
     checkpoint twice is that checkpoint), validated beside --like; calibrate: the fit lands in the manifest."""
     model = reference_run / "model.safetensors"
     assert main(["validate", str(model), "--data", str(data_root)]) == 0
-    assert re.search(r"validation ExpRate \d+\.\d\d% \(greedy, \d+ held-out images\)", capsys.readouterr().out)
+    said = capsys.readouterr().out
+    assert re.search(r"validation ExpRate \d+\.\d\d% \(greedy, \d+ held-out images\)", said)
+    assert main(["validate", str(model)]) == 0 and capsys.readouterr().out == said  # --data: where it trained
+    assert model_data(model) == str(data_root) and model_data(tmp_path / "none.safetensors") == DEFAULT_DATA
     last, out = reference_run / "last.ckpt", tmp_path / "avg.safetensors"
     assert main(["average", str(last), str(last), "--like", str(model), "--data", str(data_root),
                  "--out", str(out)]) == 0

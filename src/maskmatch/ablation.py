@@ -32,7 +32,7 @@ from pathlib import Path
 from maskmatch.ablation_report import markdown, measure, plot, run_name
 from maskmatch.cli_args import positive_float, positive_int
 from maskmatch.errors import UserError
-from maskmatch.pipeline import PRESETS
+from maskmatch.pipeline import PRESETS, preset_data
 from maskmatch.stages import STATE, stage_done
 
 ARMS = {
@@ -141,6 +141,7 @@ def _ablation(args: argparse.Namespace) -> int:
         raise UserError(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
     if not all(0 < x <= 1 for x in args.labels):
         raise UserError("--labels are shares of the labelled images, each in (0, 1]")
+    args.data = args.data or preset_data(args.preset)
     data = Path(args.data)
     if not (data / "train" / "cache").is_dir():
         raise UserError(f"{data}: no built train split (maskmatch data build ... --out {data})")
@@ -176,7 +177,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "that says whether the budget separates the arms")
     p.add_argument("--parallel", type=positive_int, default=1, metavar="N", help="arms trained at once (default 1)")
     p.add_argument("--preset", default="train-cpu", help="the train preset of every arm (default train-cpu)")
-    p.add_argument("--data", default="data/crohme26", metavar="DIR", help="built data (default data/crohme26)")
+    p.add_argument("--data", metavar="DIR", help="built data (default: what --preset's fine-tuning reads)")
     p.add_argument("--tests", type=lambda t: [s for s in t.split(",") if s], default=list(TESTS),
                    help="test splits of --data reported, greedy (default 2014,2016,2019; '' for none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -19,7 +19,7 @@ from pathlib import Path
 from maskmatch.cli_args import positive_int
 from maskmatch.data.source import list_splits, open_source
 from maskmatch.errors import UserError
-from maskmatch.inference_commands import _decoding, _prenormalized, evaluate_split
+from maskmatch.inference_commands import _decoding, _prenormalized, evaluate_split, model_data
 
 BAR = 0.8  # issue 12: each foreign style at least 80% of the ExpRate on our own renders
 PEN_BINS = (0.0, 0.15, 0.25, 0.35)  # lower edges of the pen-share bins (this project's renders: about 0.1)
@@ -116,6 +116,7 @@ def _foreign(args: argparse.Namespace) -> int:
     from maskmatch.data.foreign import STYLES
     from maskmatch.recognizer import Recognizer
 
+    args.data = args.data or model_data(args.model)
     split_dir = Path(args.data) / args.split
     if not (split_dir / "caption.txt").is_file():
         raise UserError(f"{split_dir}: no built split (maskmatch data build SOURCE --out {args.data})")
@@ -158,7 +159,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("foreign", help="a test split drawn by someone else's pipeline: how well it reads")
     p.add_argument("source", metavar="SOURCE", help="the InkML archive or folder (e.g. ../shared/data/crohme/crohme-inkml.tar.gz)")
     p.add_argument("--split", default="2014", help="the test split (default 2014)")
-    p.add_argument("--data", default="data/crohme26", metavar="DIR", help="built data holding SPLIT (default data/crohme26)")
+    p.add_argument("--data", metavar="DIR", help="built data holding SPLIT (default: the data the model "
+                   "trained on, as its manifest names it)")
     p.add_argument("--model", metavar="PATH", help="weights (default: the shipped ones)")
     p.add_argument("--styles", type=lambda t: [s for s in t.split(",") if s], default=[],
                    help="comma-separated, of thin, marker, scan (default all)")

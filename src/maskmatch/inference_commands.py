@@ -19,6 +19,7 @@ from maskmatch.formats import FORMATS, formatted
 from maskmatch.memory import limit_heap_growth
 from maskmatch.metrics import canonical, edit_distance, expression_scores, parses
 
+DEFAULT_DATA = "data/crohme"  # `maskmatch data build`'s usual --out: --data of a model whose manifest names none
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".inkml")  # what a folder is searched for
 PIXEL_BUDGET = 2_000_000  # padded pixels per evaluation batch (B x maxH x maxW), besides --batch-size
 WINDOW = 8  # recognize reads this many batches' inputs, then decodes them grouped by size
@@ -277,6 +278,23 @@ def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
                         "(the default for such a folder; torch otherwise)")
 
 
+def model_data(model: str | Path | None) -> str:
+    """The default --data of a command that reads a model: the built data it trained on (`weights.trained_data`;
+    an ensemble file's: its first member's; None: the shipped model's), else DEFAULT_DATA. A model that cannot be
+    read gives DEFAULT_DATA: loading it reports why."""
+    from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
+    from maskmatch.recognizer import shipped_model
+    from maskmatch.weights import read_manifest, trained_data
+
+    try:
+        path = Path(model) if model is not None else shipped_model()
+        if is_ensemble_file(path):
+            path = read_ensemble(path)[0][0]
+        return trained_data(read_manifest(path)) or DEFAULT_DATA
+    except (OSError, ValueError):
+        return DEFAULT_DATA
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     recognize = commands.add_parser("recognize", help="images (any polarity, size), InkML files or folders -> LaTeX")
     recognize.add_argument("paths", nargs="+", metavar="PATH",
@@ -302,3 +320,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--predictions", metavar="FILE",
                           help="write each expression's name, reference, prediction, distance (.jsonl, else TSV)")
     evaluate.set_defaults(run=_evaluate)
+

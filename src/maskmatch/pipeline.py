@@ -85,6 +85,12 @@ def stage_configs(values: dict, overrides: list[str]) -> tuple[BudgetSplit, dict
     return split, configs
 
 
+def preset_data(preset: str) -> str:
+    """The built data a shipped train preset's fine-tuning stage reads (its data.root)."""
+    values = yaml.safe_load(resources.files("maskmatch").joinpath("presets", f"{preset}.yaml").read_text("utf-8"))
+    return stage_configs(values or {}, [])[1]["finetune"].data.root
+
+
 def _load(args: argparse.Namespace, run_dir: Path) -> tuple[BudgetSplit, dict, dict]:
     """(split, configs, the train YAML's values as saved in RUN_DIR/train.yaml)."""
     if args.resume:

@@ -26,7 +26,7 @@ from maskmatch import history
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
 from maskmatch.history import cpu_hours
-from maskmatch.inference_commands import evaluate_split, format_table
+from maskmatch.inference_commands import evaluate_split, format_table, model_data
 
 SPLITS = ("2014", "2016", "2019")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"  # where --readme writes
@@ -175,6 +175,7 @@ def _results(args: argparse.Namespace) -> int:
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import read_manifest
 
+    args.data = args.data or model_data(args.model)
     model, data, out = Path(args.model), Path(args.data), Path(args.out)
     folders = {s: data / s for s in args.splits}
     for folder in folders.values():
@@ -235,7 +236,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("results", help="test-set tables for results/: 2014, 2016, 2019, greedy and beam")
     p.add_argument("--model", required=True, metavar="PATH",
                    help="weights (.safetensors with its .json manifest), or an ensemble file (maskmatch ensemble)")
-    p.add_argument("--data", default="data/crohme", metavar="DIR", help="built CROHME (default data/crohme)")
+    p.add_argument("--data", metavar="DIR", help="built CROHME (default: the data the model trained on, as its "
+                   "manifest names it)")
     p.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="the training run (default: the model's folder)")
     p.add_argument("--out", default="results", metavar="DIR", help="where to write (default results)")
     p.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT", help="default 2014 2016 2019")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from maskmatch.cli_args import positive_int
 from maskmatch.errors import UserError
-from maskmatch.inference_commands import decode_batched
+from maskmatch.inference_commands import decode_batched, model_data
 from maskmatch.metrics import canonical
 
 
@@ -70,6 +70,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import manifest_path, read_manifest, write_manifest
 
+    args.data = args.data or model_data(args.model)
     try:
         rec = Recognizer.load(args.model, args.device)
     except ValueError as e:
@@ -120,6 +121,7 @@ def _average(args: argparse.Namespace) -> int:
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import load_weights, manifest_vocabulary, read_manifest, render_config, save_weights
 
+    args.data = args.data or model_data(args.like)
     try:
         like = read_manifest(args.like)
         models, steps = [], []
@@ -165,7 +167,7 @@ def _validate(args: argparse.Namespace) -> int:
             rec = Recognizer.load(paths, args.device)
         except ValueError as e:
             raise UserError(str(e)) from None
-        exprate, n = held_out_exprate(rec, Path(args.data))
+        exprate, n = held_out_exprate(rec, Path(args.data or model_data(paths[0])))
         print(f"{' + '.join(paths)}\tvalidation ExpRate {exprate:.2f}% (greedy, {n} held-out images)", flush=True)
     return 0
 
@@ -175,6 +177,7 @@ def _ensemble(args: argparse.Namespace) -> int:
     from maskmatch.recognizer import Recognizer
     from maskmatch.weights import read_manifest
 
+    args.data = args.data or model_data(args.models[0])
     if len(args.models) < 2:
         raise UserError(f"an ensemble needs at least two models, got {len(args.models)}")
     if any(is_ensemble_file(p) for p in args.models):
@@ -217,7 +220,8 @@ def _held_out(manifest: dict) -> tuple:
 def register(commands: argparse._SubParsersAction) -> None:
     v = commands.add_parser("validate", help="greedy ExpRate of models on their held-out slice of the training split")
     v.add_argument("models", nargs="+", metavar="WEIGHTS", help="weights (.safetensors)")
-    v.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data they trained on")
+    v.add_argument("--data", metavar="DIR", help="the built data they trained on (default: each one's own, as its "
+                   "manifest names it)")
     v.add_argument("--ensemble", action="store_true",
                    help="validate the ensemble of the models (on the first one's held-out slice), not each")
     v.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
@@ -226,7 +230,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     e = commands.add_parser("ensemble", help="several models as one ensemble: validated, copied into one folder")
     e.add_argument("models", nargs="+", metavar="WEIGHTS",
                    help="weights (.safetensors), the best single one first: it becomes DIR/model.safetensors")
-    e.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data they trained on")
+    e.add_argument("--data", metavar="DIR", help="the built data they trained on (default: the first one's, as its "
+                   "manifest names it)")
     e.add_argument("--out", required=True, metavar="DIR", help="the folder of the members and ensemble.json "
                    "(then: --model DIR/ensemble.json)")
     e.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
@@ -239,14 +244,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--like", required=True, metavar="WEIGHTS",
                    help="the run's exported model.safetensors: the manifest the average inherits, and the model "
                    "it is validated against")
-    p.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data the run trained on")
+    p.add_argument("--data", metavar="DIR", help="the built data the run trained on (default: --like's, as its manifest "
+                   "names it)")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="where the average goes (.safetensors)")
     p.set_defaults(run=_average)
 
     c = commands.add_parser("calibrate", help="fit the 0-1 confidence of a model on its held-out slice")
     c.add_argument("--model", required=True, metavar="PATH",
                    help="weights (.safetensors) or an ensemble file (.json); its manifest is updated")
-    c.add_argument("--data", default="data/crohme", metavar="DIR", help="the built data it was trained on")
+    c.add_argument("--data", metavar="DIR", help="the built data it was trained on (default: as its manifest names it)")
     c.add_argument("--out", default="results", metavar="DIR", help="where calibration.md goes (default results)")
     c.add_argument("--beam", type=positive_int, default=10, metavar="N", help="beam size (default 10)")
     c.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default 16")

@@ -91,6 +91,18 @@ def test_config_rejects_bad_values():
         ModelConfig(stage_layers=(4, 4))
     with pytest.raises(TypeError, match="stage_widths"):
         ModelConfig(stage_widths=(32, 64.0, 128))
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(attention_dropout=1.0)
+
+
+def test_attention_dropout_apart_from_the_decoders_other_dropout():
+    """attention_dropout sets the attention weights' dropout alone (0: PyTorch's fused CPU kernel); None keeps
+    `dropout` there, as models trained before the option did."""
+    tiny = ModelConfig.tiny()
+    layer = HMERModel(ModelConfig(**{**tiny.__dict__, "dropout": 0.1, "attention_dropout": 0.0})).decoder.layers[0]
+    assert layer.self_attn.dropout == layer.cross_attn.dropout == 0.0 and layer.drop.p == 0.1
+    layer = HMERModel(ModelConfig(**{**tiny.__dict__, "dropout": 0.1})).decoder.layers[0]
+    assert layer.cross_attn.dropout == 0.1
 
 
 def test_encoder_family_shapes_from_config():

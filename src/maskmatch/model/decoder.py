@@ -148,8 +148,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d, p = config.d_model, config.dropout
-        self.self_attn = Attention(d, config.nhead, p)
-        self.cross_attn = Attention(d, config.nhead, p)
+        weights = p if config.attention_dropout is None else config.attention_dropout
+        self.self_attn = Attention(d, config.nhead, weights)
+        self.cross_attn = Attention(d, config.nhead, weights)
         self.ffn = nn.Sequential(nn.Linear(d, config.dim_feedforward), nn.ReLU(), nn.Dropout(p),
                                  nn.Linear(config.dim_feedforward, d))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)

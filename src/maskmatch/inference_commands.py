@@ -320,4 +320,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--predictions", metavar="FILE",
                           help="write each expression's name, reference, prediction, distance (.jsonl, else TSV)")
     evaluate.set_defaults(run=_evaluate)
-

@@ -279,18 +279,18 @@ def _model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def model_data(model: str | Path | None) -> str:
-    """The default --data of a command that reads a model: the built data it trained on (`weights.trained_data`;
-    an ensemble file's: its first member's; None: the shipped model's), else DEFAULT_DATA. A model that cannot be
-    read gives DEFAULT_DATA: loading it reports why."""
+    """The default --data of a command that reads a model: the built data it trained on (the root of
+    `weights.training_data`; an ensemble file's: its first member's; None: the shipped model's), else DEFAULT_DATA.
+    A model that cannot be read gives DEFAULT_DATA: loading it reports why."""
     from maskmatch.ensemble_file import is_ensemble_file, read_ensemble
     from maskmatch.recognizer import shipped_model
-    from maskmatch.weights import read_manifest, trained_data
+    from maskmatch.weights import read_manifest, training_data
 
     try:
         path = Path(model) if model is not None else shipped_model()
         if is_ensemble_file(path):
             path = read_ensemble(path)[0][0]
-        return trained_data(read_manifest(path)) or DEFAULT_DATA
+        return str(training_data(read_manifest(path)).get("root") or DEFAULT_DATA)
     except (OSError, ValueError):
         return DEFAULT_DATA
 

@@ -213,7 +213,9 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 def _held_out(manifest: dict) -> tuple:
     """The held-out slice a model was selected on: its training data's split, val_size and val_seed."""
-    data = ((manifest.get("training") or {}).get("config") or {}).get("data") or {}
+    from maskmatch.weights import training_data
+
+    data = training_data(manifest)
     return data.get("train_split", "train"), int(data.get("val_size", 300)), int(data.get("val_seed", 0))
 
 
@@ -244,8 +246,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--like", required=True, metavar="WEIGHTS",
                    help="the run's exported model.safetensors: the manifest the average inherits, and the model "
                    "it is validated against")
-    p.add_argument("--data", metavar="DIR", help="the built data the run trained on (default: --like's, as its manifest "
-                   "names it)")
+    p.add_argument("--data", metavar="DIR", help="the built data the run trained on (default: --like's, as its "
+                   "manifest names it)")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="where the average goes (.safetensors)")
     p.set_defaults(run=_average)
 

@@ -289,10 +289,10 @@ def write_json(path: Path, record: dict) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def trained_data(manifest: dict) -> str | None:
-    """The built data folder a model trained on (its training config's data.root), where its manifest says."""
-    root = (((manifest.get("training") or {}).get("config") or {}).get("data") or {}).get("root")
-    return str(root) if root else None
+def training_data(manifest: dict) -> dict:
+    """The data section of the config a model trained with (root, train_split, val_size, ...); {} where its
+    manifest has none."""
+    return ((manifest.get("training") or {}).get("config") or {}).get("data") or {}
 
 
 def model_config(manifest: dict) -> ModelConfig:
